@@ -1,0 +1,406 @@
+"""Read a patient cohort: one clinical table plus each patient's image files.
+
+This is the only module of the library that knows how a cohort lies on disk. It accepts
+the public challenge layout (``ROOT/trainset/trainset_true.csv`` + ``ROOT/trainset/P*/``,
+``ROOT/testset/testset_data.csv`` + ``ROOT/testset/P*/``) and any folder holding patient
+sub-folders and exactly one clinical CSV. Real exports have quirks (mixed date formats,
+lower-case genders, stray files); each is handled explicitly and every file, row and folder
+is accounted for in :attr:`Cohort.issues`: nothing is dropped silently. Problems that make
+the whole cohort untrustworthy (duplicate or path-like IDs, a missing required column)
+raise :class:`CohortError` naming the file and row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "CohortError",
+    "Cohort",
+    "load_cohort",
+    "parse_dob",
+    "age_at",
+    "read_image",
+    "ImageReadError",
+]
+
+#: File suffixes read as images (compared case-insensitively).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+
+#: Default reference date at which age is computed from the date of birth.
+DEFAULT_REFERENCE_DATE = "2020-01-01"
+
+REQUIRED_COLUMNS = ("ID", "GENDER", "LYMPH_COUNT")
+CHALLENGE_SPLITS = (("trainset", "trainset_true.csv"), ("testset", "testset_data.csv"))
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DOB_SLASH = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")  # M/D/YYYY
+_DOB_DASH = re.compile(r"^(\d{1,2})-(\d{1,2})-(\d{4})$")  # DD-MM-YYYY
+_ISSUE_COLUMNS = ["level", "kind", "patient", "path", "detail"]
+
+
+class CohortError(ValueError):
+    """A cohort that cannot be trusted as a whole; the message names the culprit."""
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded into a faithful 8-bit RGB array."""
+
+
+@dataclass
+class Cohort:
+    """A loaded cohort.
+
+    Attributes
+    ----------
+    clinical : pandas.DataFrame
+        Index ``ID`` (str). Columns ``LABEL`` (Int64: 0 reactive, 1 tumoral, <NA> unknown),
+        ``GENDER`` ("M", "F" or <NA>), ``AGE`` (float years, NaN if unknown),
+        ``LYMPH_COUNT`` (float, 10⁹/L, NaN if unknown), ``SPLIT`` (sub-folder the patient
+        came from, "" for a flat layout), ``IN_CSV`` (False for a folder with no CSV row).
+    images : dict of str to list of pathlib.Path
+        Each patient's image files, sorted by name; an empty list where none were found.
+    issues : pandas.DataFrame
+        One row per thing that was ignored or could not be used, with columns
+        ``level`` ("info" or "warning"), ``kind``, ``patient``, ``path``, ``detail``.
+    root : pathlib.Path
+    reference_date : str
+        Date (ISO) at which ``AGE`` was computed from ``DOB``.
+    """
+
+    clinical: pd.DataFrame
+    images: dict[str, list[Path]]
+    issues: pd.DataFrame
+    root: Path
+    reference_date: str = DEFAULT_REFERENCE_DATE
+    csv_files: list[Path] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(v) for v in self.images.values())
+
+    @property
+    def labelled(self) -> pd.Index:
+        """IDs of the patients whose label is known."""
+        return self.clinical.index[self.clinical["LABEL"].notna()]
+
+    @property
+    def unlabelled(self) -> pd.Index:
+        return self.clinical.index[self.clinical["LABEL"].isna()]
+
+    def summary(self) -> dict:
+        """Counts that add up: patients, images, issues by kind."""
+        lab = self.clinical["LABEL"]
+        return {
+            "patients": int(len(self.clinical)),
+            "labelled": int(lab.notna().sum()),
+            "reactive": int((lab == 0).sum()),
+            "tumoral": int((lab == 1).sum()),
+            "unlabelled": int(lab.isna().sum()),
+            "images": int(self.n_images),
+            "issues": self.issues["kind"].value_counts().to_dict(),
+        }
+
+
+def parse_dob(value: str) -> date:
+    """Parse a date of birth written ``M/D/YYYY`` (slashes) or ``DD-MM-YYYY`` (dashes).
+
+    Both forms occur in one column of the real export. Anything else raises ``ValueError``:
+    guessing the order of day and month would silently shift ages.
+
+    >>> parse_dob("11/3/1933"), parse_dob("28-04-1943")
+    (datetime.date(1933, 11, 3), datetime.date(1943, 4, 28))
+    """
+    text = str(value).strip()
+    m = _DOB_SLASH.match(text)
+    if m:
+        month, day, year = (int(g) for g in m.groups())
+        return date(year, month, day)
+    m = _DOB_DASH.match(text)
+    if m:
+        day, month, year = (int(g) for g in m.groups())
+        return date(year, month, day)
+    raise ValueError(f"date of birth {text!r} is neither M/D/YYYY nor DD-MM-YYYY")
+
+
+def age_at(dob: date, reference: str | date = DEFAULT_REFERENCE_DATE) -> float:
+    """Age in years (365.25-day years) at ``reference``."""
+    ref = date.fromisoformat(reference) if isinstance(reference, str) else reference
+    return (ref - dob).days / 365.25
+
+
+def read_image(path) -> np.ndarray:
+    """Decode an image file into an 8-bit RGB array of shape (H, W, 3).
+
+    Grayscale, RGBA (alpha dropped: smears are opaque), palette, 16-bit (scaled by 1/257)
+    and CMYK images are converted; anything that cannot be converted faithfully raises
+    :class:`ImageReadError` with the reason.
+    """
+    import cv2
+
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"unreadable: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ImageReadError("unreadable: empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return _read_with_pil(path)
+    return to_rgb8(img, bgr=True)
+
+
+def _read_with_pil(path: Path) -> np.ndarray:
+    # OpenCV refuses some valid files (CMYK JPEG variants, some palettes); PIL is the
+    # second opinion before a file is called unreadable.
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL ships with matplotlib
+        raise ImageReadError("unreadable: not a decodable image") from None
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LA", "L", "1", "RGBA"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise ImageReadError(f"unreadable: {type(exc).__name__}: {exc}") from None
+    return to_rgb8(arr, bgr=False)
+
+
+def to_rgb8(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
+    """Convert a decoded image array to contiguous 8-bit RGB, or raise ImageReadError."""
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) // 257).astype(np.uint8)
+    elif img.dtype == np.bool_:
+        img = img.astype(np.uint8) * 255
+    elif img.dtype != np.uint8:
+        raise ImageReadError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.ndim != 3:
+        raise ImageReadError(f"unsupported array shape {img.shape}")
+    channels = img.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    if channels == 2:  # gray + alpha
+        return np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2))
+    if channels == 4:
+        img = img[:, :, :3]
+    elif channels != 3:
+        raise ImageReadError(f"unsupported number of channels: {channels}")
+    if bgr:
+        img = img[:, :, ::-1]
+    return np.ascontiguousarray(img)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_cohort(root, *, reference_date: str = DEFAULT_REFERENCE_DATE) -> Cohort:
+    """Load a cohort folder into a :class:`Cohort`.
+
+    Parameters
+    ----------
+    root : path-like
+        Either the challenge layout (``trainset/`` and/or ``testset/`` sub-folders, each
+        with its CSV and patient folders) or a folder of patient sub-folders holding exactly
+        one CSV file.
+    reference_date : str, default "2020-01-01"
+        ISO date at which ages are computed from ``DOB``. Store it with any model trained
+        on these ages.
+
+    Returns
+    -------
+    Cohort
+
+    Raises
+    ------
+    CohortError
+        The folder or CSV is missing, the CSV lacks a required column, an ID is duplicated
+        or is not a plain folder name. The message names the file and row.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CohortError(f"{root}: no such folder")
+    date.fromisoformat(reference_date)  # fail early on a bad parameter
+
+    splits = [(root / d, root / d / csv, d) for d, csv in CHALLENGE_SPLITS
+              if (root / d / csv).is_file()]
+    if not splits:
+        csvs = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+        if len(csvs) != 1:
+            found = ", ".join(p.name for p in csvs) or "none"
+            raise CohortError(
+                f"{root}: expected the challenge layout (trainset/trainset_true.csv, "
+                f"testset/testset_data.csv) or exactly one clinical CSV beside the patient "
+                f"folders; found CSV files: {found}")
+        splits = [(root, csvs[0], "")]
+
+    tables, images, issues = [], {}, []
+    for folder, csv, split in splits:
+        table = _read_clinical_csv(csv, reference_date, issues)
+        table["SPLIT"] = split
+        folder_images = _scan_patient_folders(folder, csv, issues)
+        for pid in table.index:
+            if pid not in folder_images:
+                issues.append(("warning", "row_without_folder", pid, str(folder / pid),
+                               f"{csv.name}: no patient folder; no image-based call possible"))
+        extra = [pid for pid in folder_images if pid not in table.index]
+        for pid in extra:
+            issues.append(("warning", "folder_without_row", pid, str(folder / pid),
+                           f"no row in {csv.name}; processed with unknown clinical data"))
+        if extra:
+            add = pd.DataFrame(index=pd.Index(extra, name="ID"))
+            add["LABEL"] = pd.array([pd.NA] * len(extra), dtype="Int64")
+            add["GENDER"] = pd.array([pd.NA] * len(extra), dtype="string")
+            add["AGE"] = np.nan
+            add["LYMPH_COUNT"] = np.nan
+            add["SPLIT"] = split
+            add["IN_CSV"] = False
+            table = pd.concat([table, add])
+        dup = table.index.intersection(pd.Index(list(images)))
+        if len(dup):
+            raise CohortError(f"{csv}: patient ID {dup[0]!r} appears in more than one split")
+        for pid in table.index:
+            images[pid] = folder_images.get(pid, [])
+        tables.append(table)
+
+    clinical = pd.concat(tables)
+    clinical.index.name = "ID"
+    clinical["LABEL"] = clinical["LABEL"].astype("Int64")
+    clinical["GENDER"] = clinical["GENDER"].astype("string")
+    issue_df = pd.DataFrame(issues, columns=_ISSUE_COLUMNS)
+    return Cohort(clinical=clinical, images=images, issues=issue_df, root=root,
+                  reference_date=reference_date, csv_files=[s[1] for s in splits])
+
+
+def _read_clinical_csv(csv: Path, reference_date: str, issues: list) -> pd.DataFrame:
+    try:
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CohortError(f"{csv}: not a readable CSV ({exc})") from None
+    raw.columns = [c.strip().upper() for c in raw.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if "DOB" not in raw.columns and "AGE" not in raw.columns:
+        missing.append("DOB or AGE")
+    if missing:
+        raise CohortError(f"{csv}: missing required column(s): {', '.join(missing)} "
+                          f"(columns found: {', '.join(raw.columns)})")
+
+    seen: dict[str, int] = {}
+    rows = []
+    for i, rec in enumerate(raw.to_dict("records")):
+        line = i + 2  # 1-based, after the header line
+        where = f"{csv.name} line {line}"
+        pid = rec["ID"].strip()
+        if not _ID_RE.match(pid) or pid in (".", ".."):
+            raise CohortError(f"{csv} line {line}: ID {pid!r} is not a plain folder name "
+                              f"(letters, digits, '_', '-', '.'; no path separators)")
+        if pid in seen:
+            raise CohortError(f"{csv} line {line}: duplicate ID {pid!r} "
+                              f"(first seen on line {seen[pid]})")
+        seen[pid] = line
+        rows.append({
+            "ID": pid,
+            "LABEL": _parse_label(rec.get("LABEL", ""), where, pid, csv),
+            "GENDER": _parse_gender(rec["GENDER"], where, pid, issues),
+            "AGE": _parse_age(rec, reference_date, where, pid, issues),
+            "LYMPH_COUNT": _parse_count(rec["LYMPH_COUNT"], where, pid, issues),
+        })
+    table = pd.DataFrame(rows, columns=["ID", "LABEL", "GENDER", "AGE", "LYMPH_COUNT"])
+    table = table.set_index("ID")
+    table["LABEL"] = pd.array(table["LABEL"].tolist(), dtype="Int64")
+    table["AGE"] = table["AGE"].astype(float)
+    table["LYMPH_COUNT"] = table["LYMPH_COUNT"].astype(float)
+    table["IN_CSV"] = True
+    return table
+
+
+def _parse_label(value: str, where: str, pid: str, csv: Path):
+    text = str(value).strip()
+    if text in ("", "-1", "-1.0", "NA", "nan"):
+        return pd.NA
+    if text in ("0", "1", "0.0", "1.0"):
+        return int(float(text))
+    raise CohortError(f"{csv} {where.split(' ', 1)[1]}: LABEL {text!r} for {pid} is not "
+                      f"0 (reactive), 1 (tumoral) or -1/empty (unknown)")
+
+
+def _parse_gender(value: str, where: str, pid: str, issues: list):
+    text = str(value).strip().upper()
+    if text in ("M", "F"):
+        return text
+    issues.append(("warning", "unknown_gender", pid, where, f"GENDER {value!r} is not M or F"))
+    return pd.NA
+
+
+def _parse_age(rec: dict, reference_date: str, where: str, pid: str, issues: list) -> float:
+    if "DOB" in rec:
+        text = str(rec["DOB"]).strip()
+        try:
+            age = age_at(parse_dob(text), reference_date)
+        except ValueError as exc:
+            issues.append(("warning", "bad_dob", pid, where, str(exc)))
+            return np.nan
+    else:
+        try:
+            age = float(rec["AGE"])
+        except ValueError:
+            issues.append(("warning", "bad_age", pid, where, f"AGE {rec['AGE']!r} is not a number"))
+            return np.nan
+    if not 0 <= age < 130:
+        issues.append(("warning", "bad_age", pid, where, f"age {age:.1f} years is implausible"))
+        return np.nan
+    return age
+
+
+def _parse_count(value: str, where: str, pid: str, issues: list) -> float:
+    text = str(value).strip()
+    try:
+        count = float(text)
+    except ValueError:
+        issues.append(("warning", "bad_lymph_count", pid, where,
+                       f"LYMPH_COUNT {text!r} is not a number" if text else "LYMPH_COUNT is empty"))
+        return np.nan
+    if not np.isfinite(count) or count <= 0:
+        issues.append(("warning", "bad_lymph_count", pid, where,
+                       f"LYMPH_COUNT {text!r} must be a positive number (10⁹/L)"))
+        return np.nan
+    return count
+
+
+def _scan_patient_folders(folder: Path, csv: Path, issues: list) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry == csv:
+            continue
+        if not entry.is_dir():
+            issues.append(("info", "ignored_file", "", str(entry), "not a patient folder"))
+            continue
+        if entry.name.startswith("."):
+            issues.append(("info", "ignored_folder", "", str(entry), "hidden folder"))
+            continue
+        if not _ID_RE.match(entry.name):
+            issues.append(("warning", "ignored_folder", "", str(entry),
+                           "folder name is not a plain patient ID"))
+            continue
+        imgs = []
+        for f in sorted(entry.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("._"):
+                imgs.append(f)
+            else:
+                why = "sub-folder" if f.is_dir() else "not an image file name"
+                issues.append(("info", "ignored_file", entry.name, str(f), why))
+        if not imgs:
+            issues.append(("warning", "empty_folder", entry.name, str(entry), "no image files"))
+        found[entry.name] = imgs
+    return found

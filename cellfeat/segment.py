@@ -1,0 +1,246 @@
+"""Segment the centred lymphocyte: nucleus, cell (best effort) and ROC.
+
+The ROC ("representative of the cytoplasm", Tavakoli et al. 2021) is the convex hull of
+the nucleus minus the nucleus: it is defined for every cell, even where the real cytoplasm
+is a thin rim that no threshold finds.
+
+Two methods threshold a stain-contrast channel and keep the component at (or nearest) the
+image centre, where the analyser puts the cell of interest; red cells, platelets and parts
+of other white cells sit around it.
+
+``"otsu"``
+    Otsu's criterion with three classes (background, red cells and cytoplasm, nucleus) on
+    the contrast channel, keeping the top class. Plain two-class Otsu splits background
+    from everything else when the nucleus covers under a tenth of the image.
+``"kmeans"``
+    K-means (k=3) on the contrast channel's values followed by morphological closing, as in
+    one of the challenge reports; the brightest cluster is the nucleus.
+
+The default channel, ``"stain"``, averages HSV saturation with inverted green: the
+nucleus is both saturated and dark, whereas red cells are saturated but bright and
+deep-blue cytoplasm is dark but absorbs less green than chromatin. ``"saturation"`` (the
+simple baseline) is also offered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["Segmentation", "segment_nucleus", "contrast_channel", "METHODS", "CHANNELS",
+           "STATUSES"]
+
+METHODS = ("otsu", "kmeans")
+CHANNELS = ("stain", "saturation", "inverted_green")
+#: Every status a segmentation can end with; anything but "ok" means features are NaN.
+STATUSES = {
+    "ok": "nucleus found at the centre",
+    "blank_image": "no contrast in the image",
+    "no_nucleus": "no stained component large enough near the centre",
+    "touches_border": "the centred nucleus is cut by the image border",
+    "several_candidates": "two large stained components compete for the centre",
+    "too_small": "image smaller than the minimum size",
+}
+
+_ELLIPSE3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+_ELLIPSE5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """Result of :func:`segment_nucleus`.
+
+    Attributes
+    ----------
+    nucleus, cell, roc, hull : ndarray of bool, shape (H, W)
+        Nucleus; nucleus plus the cytoplasm found around it (best effort); convex hull of
+        the nucleus minus the nucleus; the convex hull itself.
+    contour, hull_contour : ndarray of int32, shape (K, 2)
+        Outer boundary of the nucleus and of its convex hull, (x, y) pixel coordinates.
+    status : str
+        A key of :data:`STATUSES`.
+    method, channel : str
+    threshold : float
+        Threshold on the contrast channel (NaN when none was found).
+    """
+
+    nucleus: np.ndarray
+    cell: np.ndarray
+    roc: np.ndarray
+    hull: np.ndarray
+    contour: np.ndarray
+    hull_contour: np.ndarray
+    status: str
+    method: str
+    channel: str
+    threshold: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def contrast_channel(image: np.ndarray, channel: str = "stain", hsv: np.ndarray | None = None):
+    """Stain-contrast channel (uint8, high on chromatin) of an RGB uint8 image."""
+    if channel not in CHANNELS:
+        raise ValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
+    if channel == "inverted_green":
+        return 255 - image[:, :, 1]
+    if hsv is None:
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    if channel == "saturation":
+        return hsv[:, :, 1]
+    return ((hsv[:, :, 1].astype(np.uint16) + (255 - image[:, :, 1])) >> 1).astype(np.uint8)
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 array of shape (H, W, 3), got "
+                         f"{image.dtype} {image.shape}")
+    return image
+
+
+def _threshold_otsu3(hist: np.ndarray) -> float:
+    from skimage.filters import threshold_multiotsu
+
+    _, upper = threshold_multiotsu(hist=(hist, np.arange(256)), classes=3)
+    return float(upper)
+
+
+def _threshold_kmeans(hist: np.ndarray, k: int = 3) -> float:
+    # K-means on pixel values, run on the 256-bin histogram with counts as weights: the
+    # same solution as on the ~50k pixels, a hundred times cheaper.
+    from sklearn.cluster import KMeans
+
+    values = np.flatnonzero(hist)
+    weights = hist[values]
+    if len(values) < k:
+        return float(values.max()) if len(values) else np.nan
+    init = np.quantile(np.repeat(values, weights.astype(int)), np.linspace(0.2, 0.99, k))
+    km = KMeans(n_clusters=k, init=init.reshape(-1, 1), n_init=1, max_iter=100)
+    km.fit(values.reshape(-1, 1).astype(float), sample_weight=weights)
+    centres = np.sort(km.cluster_centers_.ravel())
+    return float((centres[-1] + centres[-2]) / 2)
+
+
+def _empty(shape, status, method, channel, threshold=np.nan) -> Segmentation:
+    z = np.zeros(shape, bool)
+    e = np.zeros((0, 2), np.int32)
+    return Segmentation(z, z, z, z, e, e, status, method, channel, threshold)
+
+
+def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
+                    min_area: int = 150, min_size: int = 32) -> Segmentation:
+    """Segment the nucleus of the centred lymphocyte, its cell and its ROC.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W, 3)
+        RGB image with the cell of interest near the centre.
+    method : {"otsu", "kmeans"}
+    channel : {"stain", "saturation", "inverted_green"}
+        Contrast channel that is thresholded (see the module docstring).
+    min_area : int
+        Smallest nucleus, in pixels, at 224×224; scaled with the image area.
+    min_size : int
+        Images with a side shorter than this get status ``"too_small"``.
+
+    Returns
+    -------
+    Segmentation
+        ``status`` says whether the masks can be trusted; it is never an exception for a
+        valid image.
+
+    Raises
+    ------
+    ValueError
+        ``image`` is not an RGB uint8 array, or ``method``/``channel`` is unknown.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    if min(h, w) < min_size:
+        return _empty((h, w), "too_small", method, channel)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    ch = contrast_channel(image, channel, hsv)
+    hist = cv2.calcHist([ch], [0], None, [256], [0, 256]).ravel()
+    lo, hi = np.flatnonzero(hist)[[0, -1]]
+    if hi - lo < 20:
+        return _empty((h, w), "blank_image", method, channel)
+    t = _threshold_otsu3(hist) if method == "otsu" else _threshold_kmeans(hist)
+
+    binary = (ch > t).astype(np.uint8)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _ELLIPSE3)
+    if method == "kmeans":
+        binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _ELLIPSE5)
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    scale = (h * w) / (224 * 224)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    big = np.flatnonzero(areas >= min_area * scale) + 1
+    if len(big) == 0:
+        return _empty((h, w), "no_nucleus", method, channel, t)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    dist = np.hypot(centroids[big, 0] - cx, centroids[big, 1] - cy)
+    centre_label = labels[int(round(cy)), int(round(cx))]
+    chosen = centre_label if centre_label in big else big[np.argmin(dist)]
+    if np.hypot(*(centroids[chosen] - (cx, cy))) > 0.3 * min(h, w):
+        return _empty((h, w), "no_nucleus", method, channel, t)
+
+    comp = (labels == chosen).astype(np.uint8)
+    comp = cv2.morphologyEx(comp, cv2.MORPH_CLOSE, _ELLIPSE5)
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=cv2.contourArea)
+    nucleus_u8 = np.zeros((h, w), np.uint8)
+    cv2.drawContours(nucleus_u8, [contour], -1, 1, thickness=cv2.FILLED)  # fills holes
+    nucleus_u8 = cv2.morphologyEx(nucleus_u8, cv2.MORPH_OPEN, _ELLIPSE5)
+    contours, _ = cv2.findContours(nucleus_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return _empty((h, w), "no_nucleus", method, channel, t)
+    contour = max(contours, key=cv2.contourArea)
+    nucleus_u8[:] = 0
+    cv2.drawContours(nucleus_u8, [contour], -1, 1, thickness=cv2.FILLED)
+    hull_contour = cv2.convexHull(contour)
+    hull_u8 = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(hull_u8, hull_contour, 1)
+    hull_u8 |= nucleus_u8
+    nucleus = nucleus_u8.astype(bool)
+    hull = hull_u8.astype(bool)
+
+    status = "ok"
+    x0, y0, bw, bh = cv2.boundingRect(contour)
+    if x0 == 0 or y0 == 0 or x0 + bw >= w or y0 + bh >= h:
+        status = "touches_border"
+    else:
+        rivals = [b for b in big if b != chosen
+                  and areas[b - 1] >= 0.5 * areas[chosen - 1]
+                  and np.hypot(*(centroids[b] - (cx, cy))) < 0.2 * min(h, w)]
+        if rivals:
+            status = "several_candidates"
+    cell = _cell_mask(hsv, nucleus_u8, contour)
+    return Segmentation(nucleus=nucleus, cell=cell, roc=hull & ~nucleus, hull=hull,
+                        contour=contour.reshape(-1, 2), hull_contour=hull_contour.reshape(-1, 2),
+                        status=status, method=method, channel=channel, threshold=t)
+
+
+def _cell_mask(hsv: np.ndarray, nucleus_u8: np.ndarray, contour: np.ndarray) -> np.ndarray:
+    # Cytoplasm is bluish (OpenCV hue ~95-150 of 180) and a little saturated; red cells are
+    # mauve (hue ~150-180) and the plasma orange (hue ~10-30). Keep what touches the nucleus
+    # within a band as wide as the nucleus radius.
+    hue, sat = hsv[:, :, 0], hsv[:, :, 1]
+    cyto = ((hue >= 95) & (hue <= 150) & (sat >= 20)).astype(np.uint8)
+    radius = max(3, int(np.sqrt(cv2.contourArea(contour) / np.pi)))
+    # a distance transform is ~20x cheaper than dilating by a disc this large
+    band = (cv2.distanceTransform(1 - nucleus_u8, cv2.DIST_L2, 3) <= radius).astype(np.uint8)
+    cand = ((cyto & band) | nucleus_u8).astype(np.uint8)
+    cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, _ELLIPSE3) | nucleus_u8
+    _, labels = cv2.connectedComponents(cand, connectivity=8)
+    ys, xs = np.nonzero(nucleus_u8)
+    keep = labels == labels[ys[0], xs[0]]
+    out = np.zeros_like(nucleus_u8)
+    cnts, _ = cv2.findContours(keep.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, cnts, -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool)

@@ -1,0 +1,281 @@
+"""A synthetic lymphocytosis cohort, deterministic from a seed, with ground-truth masks.
+
+It stands in for the real data in tests and in ``make demo``, and it is the ground truth
+of the segmentation tests. Each image imitates a Sysmex crop: a pale plasma background,
+overlapping red cells with central pallor, one centred lymphocyte (dark purple nucleus
+with chromatin texture inside a bluish cytoplasm rim), sometimes a platelet or a
+neighbouring white cell cut by the border, and per-smear stain drift.
+
+The class signal follows what haematologists look for. Tumoral (CLL-like) patients'
+lymphocytes are homogeneous: similar small, round, dense nuclei with a thin rim of
+cytoplasm. Reactive patients' lymphocytes are heterogeneous: varied sizes, irregular or
+paler nuclei, wider and sometimes deep-blue cytoplasm. Clinical attributes follow the real
+cohort (tumoral patients older, with higher, heavy-tailed lymphocyte counts) with enough
+overlap that the clinical data alone is not enough.
+
+Layout written by :func:`write_cohort` (the challenge layout, see :mod:`cellfeat.data`)::
+
+    ROOT/trainset/trainset_true.csv   ROOT/trainset/P<i>/000000.jpg ...
+    ROOT/testset/testset_data.csv     ROOT/testset/P<j>/000000.jpg ...
+    ROOT/groundtruth/<split>/P<i>/000000_nucleus.png, 000000_cell.png
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CellParams", "PatientParams", "draw_cell", "sample_patient", "write_cohort",
+           "mask_paths"]
+
+SIZE = 224
+
+
+@dataclass(frozen=True)
+class PatientParams:
+    """Per-patient generation parameters (what makes a bag tumoral or reactive)."""
+
+    label: int
+    nucleus_radius: float  # mean nucleus radius, px
+    radius_spread: float  # per-cell sd of nucleus radius, px
+    irregularity: float  # amplitude of boundary harmonics, fraction of radius
+    rim: tuple[float, float]  # cytoplasm rim width range, px
+    pale_share: float  # share of cells with pale, open chromatin
+    deep_blue_share: float  # share of cells with deep-blue cytoplasm
+    stain: tuple[float, float, float]  # per-smear multiplicative stain drift (R, G, B)
+    age: float
+    lymph_count: float
+    gender: str
+
+
+@dataclass(frozen=True)
+class CellParams:
+    nucleus_radius: float
+    elongation: float
+    harmonics: tuple[tuple[float, float], ...]  # (amplitude, phase) for k = 2, 3, 4, 5
+    rim: float
+    pale: bool
+    deep_blue: bool
+
+
+def sample_patient(rng: np.random.Generator, label: int) -> PatientParams:
+    """Draw one patient's parameters for ``label`` (0 reactive, 1 tumoral)."""
+    stain = tuple(float(s) for s in rng.normal(1.0, 0.04, size=3))
+    gender = "M" if rng.random() < (0.62 if label else 0.5) else "F"
+    if label == 1:
+        age = float(np.clip(rng.normal(71, 11), 35, 97))
+        count = float(np.exp(rng.normal(np.log(14.0), 1.0)))
+        return PatientParams(
+            label=1, nucleus_radius=rng.uniform(24, 30), radius_spread=rng.uniform(1.0, 2.2),
+            irregularity=rng.uniform(0.01, 0.05), rim=(2.0, rng.uniform(4.0, 7.0)),
+            pale_share=rng.uniform(0.0, 0.08), deep_blue_share=0.0, stain=stain,
+            age=age, lymph_count=max(count, 3.0), gender=gender)
+    age = float(np.clip(rng.normal(55, 17), 18, 95))
+    count = float(np.exp(rng.normal(np.log(7.0), 0.45)))
+    return PatientParams(
+        label=0, nucleus_radius=rng.uniform(25, 32), radius_spread=rng.uniform(3.0, 6.0),
+        irregularity=rng.uniform(0.04, 0.10), rim=(3.0, rng.uniform(8.0, 18.0)),
+        pale_share=rng.uniform(0.1, 0.4), deep_blue_share=rng.uniform(0.05, 0.3), stain=stain,
+        age=age, lymph_count=max(count, 3.0), gender=gender)
+
+
+def _sample_cell(rng: np.random.Generator, p: PatientParams) -> CellParams:
+    radius = float(np.clip(rng.normal(p.nucleus_radius, p.radius_spread), 16, 48))
+    harmonics = tuple((float(rng.uniform(0, p.irregularity)), float(rng.uniform(0, 2 * np.pi)))
+                      for _ in range(4))
+    return CellParams(
+        nucleus_radius=radius, elongation=float(rng.uniform(1.0, 1.25)), harmonics=harmonics,
+        rim=float(rng.uniform(*p.rim)), pale=bool(rng.random() < p.pale_share),
+        deep_blue=bool(rng.random() < p.deep_blue_share))
+
+
+def _radial_polygon(cx, cy, radius, elongation, angle, harmonics, n=96):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    r = np.ones_like(t)
+    for k, (amp, phase) in zip(range(2, 6), harmonics):
+        r += amp * np.cos(k * t + phase)
+    x = radius * r * np.cos(t) * elongation
+    y = radius * r * np.sin(t) / elongation
+    ca, sa = np.cos(angle), np.sin(angle)
+    xs, ys = cx + ca * x - sa * y, cy + sa * x + ca * y
+    return np.stack([xs, ys], axis=1)
+
+
+def _fill(shape, poly) -> np.ndarray:
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def _smooth_noise(rng, shape, sigma, amplitude):
+    import cv2
+
+    noise = rng.normal(0, 1, size=shape).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), sigma)
+    noise /= noise.std() + 1e-6
+    return noise * amplitude
+
+
+def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams | None = None):
+    """Draw one 224×224 lymphocyte image.
+
+    Returns
+    -------
+    image : ndarray of uint8, shape (224, 224, 3), RGB
+    nucleus : ndarray of bool, shape (224, 224)
+        Ground-truth nucleus mask.
+    cell_mask : ndarray of bool, shape (224, 224)
+        Ground-truth cell mask (nucleus + cytoplasm).
+    """
+    import cv2
+
+    if cell is None:
+        cell = _sample_cell(rng, patient)
+    shape = (SIZE, SIZE)
+    img = np.empty((SIZE, SIZE, 3), np.float32)
+    img[:] = (238, 222, 205)  # pale plasma
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    img += (_smooth_noise(rng, shape, 30, 4))[:, :, None]
+
+    # red cells: mauve discs with a paler centre, overlapping, everywhere but the centre
+    n_rbc = rng.integers(14, 24)
+    for _ in range(n_rbc):
+        for _try in range(10):
+            cx, cy = rng.uniform(-10, SIZE + 10, size=2)
+            if np.hypot(cx - SIZE / 2, cy - SIZE / 2) > 45:
+                break
+        r = rng.uniform(17, 24)
+        # blend only inside the disc's bounding box: the whole-image version costs 10x
+        y0, y1 = max(int(cy - r - 2), 0), min(int(cy + r + 3), SIZE)
+        x0, x1 = max(int(cx - r - 2), 0), min(int(cx + r + 3), SIZE)
+        colour = np.array([200, 160, 178], np.float32) + rng.normal(0, 5, 3)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        d = np.hypot(xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy)
+        disc = np.clip((r - d) / 1.5, 0, 1)
+        pallor = np.exp(-((d / (0.45 * r)) ** 2))
+        alpha = (disc * (0.95 - 0.45 * pallor))[:, :, None]
+        img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
+
+    # a neighbouring white cell cut by the border, sometimes
+    if rng.random() < 0.2:
+        side = rng.integers(4)
+        pos = rng.uniform(30, SIZE - 30)
+        cx, cy = [(pos, -8), (SIZE + 8, pos), (pos, SIZE + 8), (-8, pos)][side]
+        nb = _fill(shape, _radial_polygon(cx, cy, rng.uniform(22, 30), 1.1, 0, ((0.03, 0),) * 4))
+        img[nb] = (95, 55, 135)
+
+    # the lymphocyte: cytoplasm, then nucleus, centred with a little jitter
+    cx, cy = SIZE / 2 + rng.normal(0, 4, 2)
+    angle = rng.uniform(0, np.pi)
+    npoly = _radial_polygon(cx, cy, cell.nucleus_radius, cell.elongation, angle, cell.harmonics)
+    nucleus = _fill(shape, npoly)
+    ox, oy = rng.normal(0, cell.rim * 0.3, 2)
+    cpoly = _radial_polygon(cx + ox, cy + oy, cell.nucleus_radius + cell.rim, cell.elongation,
+                            angle, tuple((a * 0.5, ph) for a, ph in cell.harmonics))
+    cell_mask = _fill(shape, cpoly) | nucleus
+    cyto_colour = np.array([120, 130, 200] if cell.deep_blue else [182, 175, 215], np.float32)
+    img[cell_mask] = cyto_colour + rng.normal(0, 3, 3)
+
+    if cell.pale:
+        base, amp = np.array([140, 95, 175], np.float32), 22
+    else:
+        base, amp = np.array([85, 45, 125], np.float32), 14
+    chromatin = _smooth_noise(rng, shape, 1.6, amp)
+    nuc_px = base[None, :] + chromatin[nucleus][:, None]
+    img[nucleus] = nuc_px
+
+    # a platelet near the cell, sometimes
+    if rng.random() < 0.25:
+        a = rng.uniform(0, 2 * np.pi)
+        dist = cell.nucleus_radius + cell.rim + rng.uniform(8, 25)
+        px, py = cx + dist * np.cos(a), cy + dist * np.sin(a)
+        cv2.circle(img, (int(px), int(py)), int(rng.integers(2, 5)), (120, 70, 150), -1)
+
+    img *= np.asarray(patient.stain, np.float32)[None, None, :]
+    img = cv2.GaussianBlur(img, (0, 0), 0.7)
+    img += rng.normal(0, 2.0, img.shape).astype(np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8), nucleus, cell_mask
+
+
+def mask_paths(root, split: str, patient: str, image_name: str) -> tuple[Path, Path]:
+    """Where :func:`write_cohort` puts the nucleus and cell masks of one image."""
+    stem = Path(image_name).stem
+    base = Path(root) / "groundtruth" / split / patient
+    return base / f"{stem}_nucleus.png", base / f"{stem}_cell.png"
+
+
+def _format_dob(rng: np.random.Generator, dob: date) -> str:
+    # the real export mixes M/D/YYYY and DD-MM-YYYY in one column
+    if rng.random() < 0.8:
+        return f"{dob.month}/{dob.day}/{dob.year}"
+    return f"{dob.day:02d}-{dob.month:02d}-{dob.year}"
+
+
+def write_cohort(root, *, n_train: int = 60, n_test: int = 6, cells: tuple[int, int] = (16, 40),
+                 tumoral_share: float = 0.69, seed: int = 0, reference_date: str = "2020-01-01",
+                 jpeg_quality: int = 92) -> Path:
+    """Write a synthetic cohort in the challenge layout under ``root``.
+
+    Parameters
+    ----------
+    root : path-like
+        Output folder (created; existing files of the same names are overwritten).
+    n_train, n_test : int
+        Labelled and unlabelled patients.
+    cells : (int, int)
+        Inclusive range of images per patient.
+    tumoral_share : float
+        Expected share of tumoral patients (real cohort: 83 of 120).
+    seed : int
+        Same seed, same bytes.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+    """
+    import cv2
+
+    root = Path(root)
+    ss = np.random.SeedSequence(seed)
+    label_rng = np.random.default_rng(ss.spawn(1)[0])
+    n = n_train + n_test
+    n_tum = int(round(tumoral_share * n))
+    labels = np.array([1] * n_tum + [0] * (n - n_tum))
+    label_rng.shuffle(labels)
+    ids = [f"P{i}" for i in label_rng.permutation(n * 2)[:n]]
+    ref = date.fromisoformat(reference_date)
+    children = ss.spawn(n + 1)[1:]
+    rows = {"trainset": [], "testset": []}
+    for k, (pid, lab, child) in enumerate(zip(ids, labels, children)):
+        split = "trainset" if k < n_train else "testset"
+        rng = np.random.default_rng(child)
+        p = sample_patient(rng, int(lab))
+        n_cells = int(rng.integers(cells[0], cells[1] + 1))
+        folder = root / split / pid
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(n_cells):
+            img, nuc, cell = draw_cell(rng, p)
+            name = f"{j:06d}.jpg"
+            ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            (folder / name).write_bytes(buf.tobytes())
+            npath, cpath = mask_paths(root, split, pid, name)
+            npath.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(npath), nuc.astype(np.uint8) * 255)
+            cv2.imwrite(str(cpath), cell.astype(np.uint8) * 255)
+        dob = ref - timedelta(days=int(p.age * 365.25))
+        gender = p.gender.lower() if rng.random() < 0.05 else p.gender
+        rows[split].append((pid, p.label if split == "trainset" else -1, gender,
+                            _format_dob(rng, dob), round(p.lymph_count, 2)))
+    for split, csv in (("trainset", "trainset_true.csv"), ("testset", "testset_data.csv")):
+        lines = ["ID,LABEL,GENDER,DOB,LYMPH_COUNT"]
+        lines += [f"{pid},{lab},{g},{dob},{c}" for pid, lab, g, dob, c in rows[split]]
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / split / csv).write_text("\n".join(lines) + "\n")
+    return root

@@ -1,0 +1,121 @@
+"""The ``cellfeat`` command: synthetic | features | train | score | demo.
+
+Errors are one line naming the file/row and the fix (exit status 2); ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .io import StageError
+
+EPILOG = """examples:
+  cellfeat synthetic build/synthetic            # write the built-in synthetic cohort
+  cellfeat features ../shared/data/dlmi         # per-cell features (cached, resumable)
+  cellfeat train ../shared/data/dlmi            # CV-compare candidates, save the model
+  cellfeat score ../shared/data/dlmi --out build/predictions.csv
+  cellfeat demo                                 # all of the above on synthetic data
+"""
+
+
+def _cohort_arg(p):
+    p.add_argument("data", type=Path, help="cohort folder: the challenge layout "
+                   "(trainset/, testset/) or patient sub-folders beside one clinical CSV")
+    p.add_argument("--reference-date", default="2020-01-01",
+                   help="date at which ages are computed from DOB (default: %(default)s)")
+
+
+def _features_args(p, required=False):
+    p.add_argument("--features", type=Path, default=None,
+                   help="feature folder (default: build/features/<name of DATA>)")
+    p.add_argument("--method", choices=("otsu", "kmeans"), default="otsu",
+                   help="nucleus segmentation method (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=-1,
+                   help="worker processes for feature extraction (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellfeat", description="Explainable triage of reactive vs tumoral lymphocytosis "
+        "from blood-smear lymphocyte images and clinical data.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = sub.add_parser("synthetic", help="write a synthetic cohort (challenge layout + masks)",
+                       description="Write a deterministic synthetic cohort: same seed, same bytes.")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--train", type=int, default=60, help="labelled patients (default: 60)")
+    p.add_argument("--test", type=int, default=6, help="unlabelled patients (default: 6)")
+    p.add_argument("--cells", type=int, nargs=2, default=(16, 40), metavar=("MIN", "MAX"),
+                   help="images per patient (default: 16 40)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("features", help="per-cell features of every image of a cohort",
+                       description="Segment every image, compute per-cell features, write "
+                       "cells.parquet, patients.parquet, qc.csv, issues.csv and gallery.png.")
+    _cohort_arg(p)
+    _features_args(p)
+
+    p = sub.add_parser("train", help="cross-validate candidate models, save the chosen one",
+                       description="Compare candidate pipelines by repeated patient-level "
+                       "cross-validation, choose by nested CV, refit on all labelled patients "
+                       "and save a model bundle and a report.")
+    _cohort_arg(p)
+    _features_args(p)
+    p.add_argument("--model", type=Path, default=Path("models/cellfeat.skops"),
+                   help="model bundle to write (default: %(default)s)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="report folder (default: reports/<timestamp>, linked as reports/latest)")
+    p.add_argument("--folds", type=int, default=5, help="CV folds (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=4, help="CV repeats (default: %(default)s)")
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="candidate names to compare (default: all available)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("score", help="score new patients with a saved model",
+                       description="Score every patient of DATA whose label is unknown (or all "
+                       "with --all); write OUT, a challenge submission beside it and one "
+                       "montage PNG per patient.")
+    _cohort_arg(p)
+    _features_args(p)
+    p.add_argument("--model", type=Path, default=Path("models/cellfeat.skops"))
+    p.add_argument("--out", type=Path, default=Path("build/predictions.csv"))
+    p.add_argument("--all", action="store_true", help="score labelled patients too")
+
+    p = sub.add_parser("demo", help="synthetic cohort -> features -> train -> score",
+                       description="Run the whole workflow on the built-in synthetic cohort.")
+    p.add_argument("--dir", type=Path, default=Path("build/demo"), help="working folder")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from . import stages
+
+    try:
+        return getattr(stages, f"stage_{args.stage}")(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted; finished work is cached and will be reused", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        from cellfeat.data import CohortError
+
+        if isinstance(exc, (StageError, CohortError)):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                  file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The stages behind the ``cellfeat`` command (each takes the parsed arguments)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import cellfeat
+from cellfeat.data import Cohort, load_cohort
+from cellfeat.extract import QC_COLUMN
+from cellfeat.features import FEATURE_NAMES
+
+from .features import FeatureSettings, run_features
+from .io import StageError, write_csv, write_text
+
+
+def _log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _features_dir(args) -> Path:
+    if args.features is not None:
+        return args.features
+    return Path("build/features") / Path(args.data).resolve().name
+
+
+def _load(args) -> Cohort:
+    cohort = load_cohort(args.data, reference_date=args.reference_date)
+    s = cohort.summary()
+    _log(f"cohort {args.data}: {s['patients']} patients ({s['labelled']} labelled: "
+         f"{s['reactive']} reactive, {s['tumoral']} tumoral; {s['unlabelled']} unlabelled), "
+         f"{s['images']} images")
+    warn = cohort.issues[cohort.issues["level"] == "warning"]
+    for _, r in warn.head(20).iterrows():
+        _log(f"  warning: {r['kind']}: {r['patient'] or r['path']}: {r['detail']}")
+    if len(warn) > 20:
+        _log(f"  ... {len(warn) - 20} more warnings")
+    ignored = (cohort.issues["kind"] == "ignored_file").sum()
+    if ignored:
+        _log(f"  ignored {ignored} non-image files (listed in issues.csv)")
+    return cohort
+
+
+def _features(args, cohort: Cohort) -> Path:
+    out = _features_dir(args)
+    settings = FeatureSettings(method=args.method)
+    res = run_features(cohort, out, settings=settings, n_jobs=args.jobs,
+                       progress=not args.quiet)
+    by = ", ".join(f"{k} {v}" for k, v in sorted(res["by_status"].items()))
+    _log(f"features: {res['images']} images of {res['patients']} patients in "
+         f"{res['seconds']:.1f} s ({res['images_per_s']:.0f} img/s): {by}")
+    _log(f"  wrote {out}/cells.parquet, qc.csv, issues.csv, gallery.png")
+    return out
+
+
+def stage_synthetic(args):
+    from cellfeat.synthetic import write_cohort
+
+    write_cohort(args.out, n_train=args.train, n_test=args.test, cells=tuple(args.cells),
+                 seed=args.seed)
+    _log(f"synthetic cohort written to {args.out} ({args.train} labelled + {args.test} "
+         f"unlabelled patients, masks under {args.out}/groundtruth)")
+
+
+def stage_features(args):
+    _features(args, _load(args))
+
+
+def _cohort_frame(cohort: Cohort, feat_dir: Path) -> pd.DataFrame:
+    from cellfeat.models import cohort_frame
+
+    cells = pd.read_parquet(feat_dir / "cells.parquet")
+    patients = pd.read_parquet(feat_dir / "patients.parquet")
+    return cohort_frame(cohort.clinical, cells, patients)
+
+
+def stage_train(args):
+    from tqdm.auto import tqdm
+
+    from cellfeat.evaluation import evaluate_candidates
+    from cellfeat.mil import MISVM
+    from cellfeat.models import CANDIDATES, MILFeatures, make_pipeline
+
+    from .bundle import save_bundle
+    from .report import write_report
+
+    cohort = _load(args)
+    feat_dir = _features(args, cohort)
+    frame = _cohort_frame(cohort, feat_dir)
+    lab = frame[frame["LABEL"].notna()]
+    if lab["LABEL"].nunique() < 2 or lab["LABEL"].value_counts().min() < args.folds:
+        raise StageError(f"{args.data}: need at least {args.folds} labelled patients of each "
+                         f"class for {args.folds}-fold CV; found {lab['LABEL'].value_counts().to_dict()}")
+    y = lab["LABEL"].astype(int).to_numpy()
+    names = args.candidates or list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise StageError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
+    candidates = {n: make_pipeline(n) for n in names}
+    n_tasks = args.folds * args.repeats * len(names)
+    _log(f"train: {len(names)} candidates x {args.repeats}x{args.folds}-fold CV "
+         f"(+ {3}-fold inner CV for nested model choice) on {len(y)} patients")
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_tasks, desc="cv fits", unit="fit", disable=args.quiet)
+    res = evaluate_candidates(candidates, lab, y, folds=args.folds, repeats=args.repeats,
+                              seed=args.seed, n_jobs=args.jobs, callback=bar.update)
+    bar.close()
+    summary = res.summary()
+    chosen = summary.drop(index="nested").sort_values("balanced_accuracy", ascending=False).index[0]
+    _log(f"  cross-validation took {time.perf_counter() - t0:.0f} s; chosen: {chosen}")
+
+    final = make_pipeline(chosen).fit(lab, y)
+    fallbacks = {}
+    if "clinical-logreg" != chosen:
+        fallbacks["clinical"] = make_pipeline("clinical-logreg").fit(lab, y)
+    if not chosen.startswith("bags-"):
+        fallbacks["image"] = make_pipeline("bags-logreg").fit(lab, y)
+    explainer = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
+    meta = {
+        "chosen": chosen, "cell_features": list(FEATURE_NAMES),
+        "feature_settings": json.loads((feat_dir / "settings.json").read_text()),
+        "reference_date": cohort.reference_date, "cv": summary.reset_index(names="candidate")
+        .to_dict(orient="records"), "folds": args.folds, "repeats": args.repeats,
+        "seed": args.seed, "n_patients": int(len(y)), "trained": datetime.now().isoformat(
+            timespec="seconds"), "versions": _versions(),
+    }
+    model_bundle = {"main": final, "explainer": explainer, **fallbacks}
+    save_bundle(args.model, pipeline=model_bundle, meta=meta)
+    report_dir = args.report or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    write_report(report_dir, res, summary, chosen, final, lab, y, meta)
+    latest = Path("reports/latest")
+    if args.report is None:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(report_dir.resolve())
+    row = summary.loc[chosen]
+    nested = summary.loc["nested"]
+    _log(f"  model: {args.model}   report: {report_dir}/README.md")
+    print(f"chosen {chosen}: balanced accuracy {row['balanced_accuracy']:.3f} "
+          f"(sd {row['balanced_accuracy_std']:.3f}, 95% CI {row['balanced_accuracy_ci_low']:.3f}-"
+          f"{row['balanced_accuracy_ci_high']:.3f}); nested CV {nested['balanced_accuracy']:.3f} "
+          f"(95% CI {nested['balanced_accuracy_ci_low']:.3f}-{nested['balanced_accuracy_ci_high']:.3f})")
+    return 0
+
+
+def _versions() -> dict:
+    import lightgbm
+    import sklearn
+    import xgboost
+
+    return {"cellfeat": cellfeat.__version__, "scikit-learn": sklearn.__version__,
+            "xgboost": xgboost.__version__, "lightgbm": lightgbm.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__}
+
+
+def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with a STATUS per patient, using fallbacks where inputs are missing."""
+    clinical_cols = {"AGE": "AGE", "LYMPH_COUNT": "LYMPH_COUNT", "GENDER": "GENDER"}
+    n_cells = frame["CELLS"].map(len)
+    n_used = frame["CELLS"].map(lambda c: int((c[QC_COLUMN] == "ok").sum()) if len(c) else 0)
+    missing = frame[list(clinical_cols)].isna()
+    out = pd.DataFrame({"ID": frame.index, "LABEL": pd.array([pd.NA] * len(frame), "Int64"),
+                        "PROBA": np.nan, "N_CELLS": n_cells.to_numpy(),
+                        "N_CELLS_USED": n_used.to_numpy(), "STATUS": "", "MODEL": ""})
+    out.index = frame.index
+    has_img = n_used > 0
+    has_clin = ~missing.any(axis=1)
+    route = pd.Series("none", index=frame.index)
+    route[has_img & has_clin] = "main"
+    route[has_img & ~has_clin] = "image"
+    route[~has_img & has_clin] = "clinical"
+    for key in ("main", "image", "clinical"):
+        idx = route.index[route == key]
+        if not len(idx):
+            continue
+        model = models.get(key) or models["main"]
+        proba = model.predict_proba(frame.loc[idx])[:, 1]
+        pred = model.predict(frame.loc[idx])
+        out.loc[idx, "PROBA"] = proba
+        out.loc[idx, "LABEL"] = pd.array(pred.astype(int), "Int64")
+        out.loc[idx, "MODEL"] = key if key != "main" else "main"
+    for pid in frame.index:
+        why = []
+        if missing.loc[pid].any():
+            why.append("missing " + "/".join(c for c in clinical_cols if missing.loc[pid, c]))
+        if n_cells[pid] == 0:
+            why.append("no images")
+        elif n_used[pid] == 0:
+            why.append(f"no usable cells of {n_cells[pid]}")
+        r = route[pid]
+        if r == "main":
+            status = "ok"
+        elif r == "none":
+            status = "no call: " + "; ".join(why)
+        else:
+            status = f"{r} only: " + "; ".join(why)
+        out.loc[pid, "STATUS"] = status
+    return out.reset_index(drop=True)
+
+
+def stage_score(args):
+    from .bundle import load_bundle
+    from .plots import patient_montages
+
+    cohort = _load(args)
+    models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
+    if meta.get("reference_date") != cohort.reference_date:
+        _log(f"  note: ages computed at {cohort.reference_date}; the model was trained with "
+             f"{meta.get('reference_date')} (pass --reference-date to match)")
+    feat_dir = _features(args, cohort)
+    frame = _cohort_frame(cohort, feat_dir)
+    if not args.all:
+        frame = frame[frame["LABEL"].isna()]
+    if frame.empty:
+        raise StageError(f"{args.data}: no patient with an unknown label to score "
+                         f"(use --all to score labelled patients too)")
+    pred = score_frame(models, frame)
+    out = Path(args.out)
+    write_csv(out, pred, index=False, float_format="%.6f")
+    sub = pred[pred["LABEL"].notna()][["ID", "LABEL"]].rename(
+        columns={"ID": "Id", "LABEL": "Predicted"})
+    write_csv(out.with_name(out.stem + "_submission.csv"), sub, index=False)
+    mont_dir = out.with_name(out.stem + "_montages")
+    patient_montages(cohort, frame, models["explainer"], pred, mont_dir,
+                     method=meta["feature_settings"]["method"])
+    counts = pred["STATUS"].map(lambda s: s.split(":")[0]).value_counts().to_dict()
+    _log(f"score: {len(pred)} patients: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    _log(f"  wrote {out}, {out.stem}_submission.csv and {mont_dir}/<ID>.png")
+    return 0
+
+
+def stage_demo(args):
+    from types import SimpleNamespace
+
+    from cellfeat.synthetic import write_cohort
+
+    d = Path(args.dir)
+    data = d / "cohort"
+    t0 = time.perf_counter()
+    if not (data / ".complete").exists():
+        _log(f"demo: writing the synthetic cohort to {data} ...")
+        write_cohort(data, n_train=60, n_test=6, cells=(16, 32), seed=args.seed)
+        (data / ".complete").write_text("ok\n")
+    common = dict(data=data, reference_date="2020-01-01", features=d / "features",
+                  method="otsu", jobs=-1, quiet=args.quiet if hasattr(args, "quiet") else False)
+    stage_train(SimpleNamespace(**common, model=d / "model.skops", report=d / "report",
+                                folds=5, repeats=2, candidates=None, seed=args.seed))
+    stage_score(SimpleNamespace(**common, model=d / "model.skops", out=d / "predictions.csv",
+                                all=False))
+    metrics = json.loads((d / "report" / "metrics.json").read_text())
+    ch = metrics["chosen"]
+    ba = metrics["candidates"][ch]
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
+    print(f"  report:      {d / 'report' / 'README.md'}")
+    print(f"  predictions: {d / 'predictions.csv'}")
+    print(f"  chosen model {ch}: cross-validated balanced accuracy {ba['balanced_accuracy']:.3f} "
+          f"(95% CI {ba['balanced_accuracy_ci_low']:.3f}-{ba['balanced_accuracy_ci_high']:.3f})")
+    return 0
