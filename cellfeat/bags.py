@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["BagAggregator", "STATS"]
 
@@ -36,7 +37,8 @@ class BagAggregator(TransformerMixin, BaseEstimator):
     Input
     -----
     A DataFrame with ``bag_col`` (and ``qc_col``) plus feature columns, or a 2-D numeric
-    array whose first column is the bag ID (then no QC column).
+    array whose first column is the (numeric) bag ID, then no QC column; NaN features are
+    skipped by the statistics.
 
     Output
     ------
@@ -68,16 +70,15 @@ class BagAggregator(TransformerMixin, BaseEstimator):
         self.features = features
         self.stats = stats
 
-    def _frame(self, X) -> tuple[pd.DataFrame, str | None]:
+    def _frame(self, X, reset: bool) -> tuple[pd.DataFrame, str | None]:
         if isinstance(X, pd.DataFrame):
             if self.bag_col not in X.columns:
                 raise ValueError(f"cell table has no bag column {self.bag_col!r}")
             qc = self.qc_col if self.qc_col in X.columns else None
             return X, qc
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] < 2:
-            raise ValueError("expected a DataFrame or a 2-D array (bag id, features...)")
-        df = pd.DataFrame(X[:, 1:].astype(float), columns=[f"x{i}" for i in range(X.shape[1] - 1)])
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_features=2,
+                          ensure_all_finite="allow-nan")
+        df = pd.DataFrame(X[:, 1:], columns=[f"x{i}" for i in range(X.shape[1] - 1)])
         df.insert(0, self.bag_col, X[:, 0])
         return df, None
 
@@ -85,7 +86,7 @@ class BagAggregator(TransformerMixin, BaseEstimator):
         unknown = set(self.stats) - set(STATS)
         if unknown:
             raise ValueError(f"unknown stats {sorted(unknown)}; choose from {STATS}")
-        df, qc = self._frame(X)
+        df, qc = self._frame(X, reset=True)
         if self.features is not None:
             missing = [f for f in self.features if f not in df.columns]
             if missing:
@@ -95,11 +96,11 @@ class BagAggregator(TransformerMixin, BaseEstimator):
             skip = {self.bag_col, qc}
             self.features_ = [c for c in df.columns if c not in skip
                               and pd.api.types.is_numeric_dtype(df[c])]
-        self.n_features_in_ = len(self.features_)
         return self
 
     def transform(self, X) -> pd.DataFrame:
-        df, qc = self._frame(X)
+        check_is_fitted(self, "features_")
+        df, qc = self._frame(X, reset=False)
         bags = pd.Index(pd.unique(df[self.bag_col]), name=self.bag_col)
         usable = (df[qc] == "ok").to_numpy() if qc else np.ones(len(df), bool)
         good = df.loc[usable, [self.bag_col, *self.features_]]

@@ -29,7 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 __all__ = ["MISVM", "miSVM", "bags_from_table", "InstanceScoreBagFeatures"]
 
@@ -95,24 +95,45 @@ class _BaseMISVM(ClassifierMixin, BaseEstimator):
         return self.map_.transform(Z) if self.map_ is not None else Z
 
     def _svm(self, seed):
-        return LinearSVC(C=self.C, class_weight=self.class_weight, dual="auto",
+        return LinearSVC(C=self.C, class_weight=self.svm_class_weight_, dual="auto",
                          max_iter=5000, random_state=seed)
+
+    def _set_class_weight(self, pos: np.ndarray):
+        # "balanced" balances *bags*, not instances: instance counts say little about the
+        # classes (a positive bag holds mostly negative-looking cells), and weighting by
+        # them pushes the boundary into the negative cells, whose max then fires.
+        weight = self.class_weight
+        if weight == "balanced":
+            n = len(pos)
+            weight = {-1.0: n / (2 * max((~pos).sum(), 1)), 1.0: n / (2 * max(pos.sum(), 1))}
+        elif isinstance(weight, dict):  # the SVM sees -1/+1, the user speaks in classes_
+            weight = {-1.0: weight.get(self.classes_[0], 1.0),
+                      1.0: weight.get(self.classes_[1], 1.0)}
+        elif weight is not None:
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {weight!r}")
+        self.svm_class_weight_ = weight
 
     # -- fitting -------------------------------------------------------------------
     def fit(self, X, y):
         """Fit on ``X`` (bags, see the module docstring) and bag labels ``y``."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         bags = _as_bags(X)
-        y = np.asarray(y)
+        y = column_or_1d(y, warn=True)
         if len(y) != len(bags):
             raise ValueError(f"{len(bags)} bags but {len(y)} labels")
         check_classification_targets(y)
         self.classes_ = np.unique(y)
-        if len(self.classes_) != 2:
-            raise ValueError(f"MIL SVMs need exactly two classes, got {len(self.classes_)}")
+        if len(self.classes_) > 2:
+            raise ValueError(f"Only binary classification is supported. MIL SVMs need two "
+                             f"classes; got {len(self.classes_)} classes")
+        if len(self.classes_) < 2:
+            raise ValueError("MIL SVMs need two classes; got 1 class")
         if self.C <= 0:
             raise ValueError("C must be positive")
         rng = np.random.default_rng(self.random_state)
         pos = y == self.classes_[1]
+        self._set_class_weight(pos)
         sizes = np.array([len(b) for b in bags])
         if (sizes == 0).any():
             raise ValueError(f"bag {int(np.flatnonzero(sizes == 0)[0])} is empty")
@@ -155,6 +176,7 @@ class _BaseMISVM(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Bag labels in the classes seen in ``fit`` (not raw scores, unlike ``misvm``)."""
+        check_is_fitted(self, "svm_")
         return self.classes_[(self.decision_function(X) > 0).astype(int)]
 
     def predict_proba(self, X) -> np.ndarray:
@@ -211,6 +233,7 @@ class MISVM(_BaseMISVM):
     restarts : int, default=0
         Extra random restarts; the run with the lowest SVM objective is kept.
     class_weight : dict, "balanced" or None, default="balanced"
+        "balanced" weighs the classes by the inverse of their share of *bags*.
     standardize : bool, default=True
         Standardise instance features before the map (bags cannot go through a
         ``StandardScaler`` in a ``Pipeline``).

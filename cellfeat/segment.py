@@ -106,7 +106,13 @@ def _check_image(image) -> np.ndarray:
 def _threshold_otsu3(hist: np.ndarray) -> float:
     from skimage.filters import threshold_multiotsu
 
-    _, upper = threshold_multiotsu(hist=(hist, np.arange(256)), classes=3)
+    levels = np.flatnonzero(hist)
+    if len(levels) < 3:  # two flat colours: any threshold between them
+        return float(levels[0] + levels[-1]) / 2
+    try:
+        _, upper = threshold_multiotsu(hist=(hist, np.arange(256)), classes=3)
+    except ValueError:  # too few distinct levels for three classes after binning
+        return float(levels[0] + levels[-1]) / 2
     return float(upper)
 
 

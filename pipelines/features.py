@@ -21,7 +21,7 @@ import pandas as pd
 import cellfeat
 from cellfeat.data import Cohort, ImageReadError, read_image
 from cellfeat.extract import QC_COLUMN, measure_image
-from cellfeat.features import FEATURE_NAMES
+from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.heterogeneity import dispersion_from_sums
 
 from .io import atomic_path, settings_hash, write_csv, write_parquet
@@ -37,7 +37,7 @@ class FeatureSettings:
 
     def as_dict(self) -> dict:
         return {"method": self.method, "channel": self.channel,
-                "features": list(FEATURE_NAMES)}
+                "features": list(FEATURE_NAMES), "revision": FEATURES_REVISION}
 
     @property
     def hash(self) -> str:

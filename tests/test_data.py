@@ -1,0 +1,160 @@
+"""cellfeat.data: layouts, the real export's quirks, accounting, fatal errors."""
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellfeat.data import (CohortError, ImageReadError, age_at, load_cohort, parse_dob,
+                           read_image)
+
+HEADER = "ID,LABEL,GENDER,DOB,LYMPH_COUNT\n"
+
+
+def make_flat(tmp_path, csv_text, folders=None, csv_name="clinical.csv"):
+    """A flat cohort: one CSV and patient folders holding the named files."""
+    (tmp_path / csv_name).write_text(csv_text)
+    for pid, files in (folders or {}).items():
+        d = tmp_path / pid
+        d.mkdir()
+        for f in files:
+            (d / f).write_bytes(b"x")
+    return tmp_path
+
+
+def test_parse_dob_both_formats():
+    # the real export writes 11/3/1933 (M/D/YYYY) and 28-04-1943 (DD-MM-YYYY)
+    assert parse_dob("11/3/1933") == date(1933, 11, 3)
+    assert parse_dob("28-04-1943") == date(1943, 4, 28)
+    assert parse_dob(" 1/27/1931 ") == date(1931, 1, 27)
+
+
+@pytest.mark.parametrize("bad", ["1933-11-03", "13/13/1933", "3.11.1933", "", "yesterday",
+                                 "31-02-1950"])
+def test_parse_dob_rejects_anything_else(bad):
+    with pytest.raises(ValueError):
+        parse_dob(bad)
+
+
+def test_age_at_reference_date():
+    # 2020-01-01 minus 1950-01-01 is 25567 days = 70.0 years of 365.25 days
+    assert age_at(date(1950, 1, 1), "2020-01-01") == pytest.approx(25567 / 365.25)
+    assert age_at(date(1950, 1, 1), "2030-01-01") > age_at(date(1950, 1, 1))
+
+
+def test_flat_layout_quirks_and_accounting(tmp_path):
+    csv = HEADER + ("P1,1,M,11/3/1933,11.2\n"
+                    "P2,0,f,28-04-1943,6.5\n"
+                    "P3,-1,X,1943/04/28,abc\n"
+                    "P4,,F,1/1/1950,-3\n")
+    root = make_flat(tmp_path, csv, {
+        "P1": ["000000.jpg", "000001.JPG", "a.PNG", "b.tif", "c.TIFF", "d.jpeg",
+               ".DS_Store", "Thumbs.db", "notes.txt"],
+        "P2": [],
+        "P9": ["000000.jpg"],
+    })
+    (root / "readme.txt").write_text("hello")
+    c = load_cohort(root, reference_date="2020-01-01")
+    cl = c.clinical
+    assert list(cl.index) == ["P1", "P2", "P3", "P4", "P9"]
+    assert cl.loc["P2", "GENDER"] == "F"  # lower-case f accepted
+    assert pd.isna(cl.loc["P3", "GENDER"]) and pd.isna(cl.loc["P3", "AGE"])
+    assert pd.isna(cl.loc["P3", "LYMPH_COUNT"]) and pd.isna(cl.loc["P4", "LYMPH_COUNT"])
+    assert cl.loc["P1", "LABEL"] == 1 and cl.loc["P2", "LABEL"] == 0
+    assert pd.isna(cl.loc["P3", "LABEL"]) and pd.isna(cl.loc["P4", "LABEL"])
+    assert cl.loc["P2", "AGE"] == pytest.approx(age_at(date(1943, 4, 28)))
+    assert [p.name for p in c.images["P1"]] == ["000000.jpg", "000001.JPG", "a.PNG", "b.tif",
+                                                 "c.TIFF", "d.jpeg"]
+    kinds = c.issues.groupby("kind")["path"].apply(lambda s: sorted(Path(p).name for p in s))
+    assert kinds["ignored_file"] == [".DS_Store", "Thumbs.db", "notes.txt", "readme.txt"]
+    assert kinds["empty_folder"] == ["P2"]
+    assert kinds["row_without_folder"] == ["P3", "P4"]
+    assert kinds["folder_without_row"] == ["P9"]
+    assert not cl.loc["P9", "IN_CSV"] and c.images["P9"]
+    # every bad value is reported with the row it came from
+    bad = c.issues[c.issues["kind"].isin(["bad_dob", "unknown_gender", "bad_lymph_count"])]
+    assert set(bad["path"]) == {"clinical.csv line 4", "clinical.csv line 5"}
+    assert sorted(bad["kind"]) == ["bad_dob", "bad_lymph_count", "bad_lymph_count",
+                                   "unknown_gender"]
+
+
+@pytest.mark.parametrize("csv,needle", [
+    (HEADER + "P1,1,M,1/1/1950,5\nP1,0,F,1/1/1960,6\n", "duplicate ID 'P1'"),
+    (HEADER + "../x,1,M,1/1/1950,5\n", "'../x' is not a plain folder name"),
+    (HEADER + "a/b,1,M,1/1/1950,5\n", "'a/b' is not a plain folder name"),
+    ("ID,LABEL,DOB,LYMPH_COUNT\nP1,1,1/1/1950,5\n", "missing required column(s): GENDER"),
+    ("ID,LABEL,GENDER,LYMPH_COUNT\nP1,1,M,5\n", "DOB or AGE"),
+    (HEADER + "P1,2,M,1/1/1950,5\n", "LABEL '2'"),
+])
+def test_fatal_errors_name_the_culprit(tmp_path, csv, needle):
+    make_flat(tmp_path, csv)
+    with pytest.raises(CohortError) as err:
+        load_cohort(tmp_path)
+    assert needle in str(err.value)
+    assert "clinical.csv" in str(err.value)
+
+
+def test_duplicate_reports_both_lines(tmp_path):
+    make_flat(tmp_path, HEADER + "P1,1,M,1/1/1950,5\nP2,1,M,1/1/1950,5\nP1,0,F,1/1/1960,6\n")
+    with pytest.raises(CohortError, match="line 4: duplicate ID 'P1' \\(first seen on line 2\\)"):
+        load_cohort(tmp_path)
+
+
+def test_age_column_instead_of_dob(tmp_path):
+    make_flat(tmp_path, "ID,LABEL,GENDER,AGE,LYMPH_COUNT\nP1,1,M,71.5,5\n", {"P1": ["a.jpg"]})
+    assert load_cohort(tmp_path).clinical.loc["P1", "AGE"] == 71.5
+
+
+def test_needs_exactly_one_csv(tmp_path):
+    (tmp_path / "a.csv").write_text(HEADER)
+    (tmp_path / "b.csv").write_text(HEADER)
+    with pytest.raises(CohortError, match="a.csv, b.csv"):
+        load_cohort(tmp_path)
+    with pytest.raises(CohortError, match="no such folder"):
+        load_cohort(tmp_path / "missing")
+
+
+def test_challenge_layout_on_synthetic(synthetic_root):
+    c = load_cohort(synthetic_root)
+    s = c.summary()
+    assert s["labelled"] == 24 and s["unlabelled"] == 3
+    assert set(c.clinical["SPLIT"]) == {"trainset", "testset"}
+    assert c.issues.empty  # the generator writes a clean cohort
+
+
+@pytest.mark.realdata
+def test_real_dlmi_cohort(real_root):
+    c = load_cohort(real_root)
+    s = c.summary()
+    # counts stated in ../shared/data/dlmi/README.md
+    assert (s["labelled"], s["reactive"], s["tumoral"], s["unlabelled"]) == (120, 37, 83, 6)
+    train = c.clinical.index[c.clinical["SPLIT"] == "trainset"]
+    assert sum(len(c.images[p]) for p in train) == 9698
+    assert c.clinical["AGE"].notna().all()  # both DOB formats parse
+    assert (c.issues["level"] == "warning").sum() == 0
+
+
+def test_read_image_conversions(tmp_path):
+    import cv2
+
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "c.png"), rgb[:, :, ::-1])
+    assert read_image(tmp_path / "c.png")[0, 0].tolist() == [200, 0, 0]
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((40, 50), 77, np.uint8))
+    assert read_image(tmp_path / "g.png").shape == (40, 50, 3)
+    cv2.imwrite(str(tmp_path / "g16.png"), np.full((40, 50), 257 * 9, np.uint16))
+    assert read_image(tmp_path / "g16.png")[0, 0].tolist() == [9, 9, 9]
+    rgba = np.dstack([rgb[:, :, ::-1], np.full((40, 50), 128, np.uint8)])
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    assert read_image(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 0]
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\0" * 20])
+def test_read_image_unreadable(tmp_path, content):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(content)
+    with pytest.raises(ImageReadError, match="unreadable"):
+        read_image(p)

@@ -1,0 +1,73 @@
+"""cellfeat.segment: accuracy against the synthetic ground truth, statuses, errors."""
+
+import cv2
+import numpy as np
+import pytest
+
+from cellfeat.data import load_cohort, read_image
+from cellfeat.segment import METHODS, STATUSES, segment_nucleus
+from cellfeat.synthetic import mask_paths
+
+
+def _ious(root, method):
+    c = load_cohort(root)
+    ious = []
+    for pid, files in c.images.items():
+        split = c.clinical.loc[pid, "SPLIT"]
+        for f in files:
+            seg = segment_nucleus(read_image(f), method)
+            gt = cv2.imread(str(mask_paths(root, split, pid, f.name)[0]), 0) > 0
+            ious.append((seg.nucleus & gt).sum() / max((seg.nucleus | gt).sum(), 1))
+    return np.array(ious)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nucleus_iou_on_synthetic(synthetic_root, method):
+    # targets from the segmentation issue: median IoU >= 0.95, 5th percentile >= 0.85
+    ious = _ious(synthetic_root, method)
+    assert len(ious) > 200
+    assert np.median(ious) >= 0.95
+    assert np.percentile(ious, 5) >= 0.85
+
+
+def _disc_image(radius=30, centre=(112, 112), size=224):
+    img = np.full((size, size, 3), (238, 222, 205), np.uint8)
+    cv2.circle(img, centre, radius, (85, 45, 125), -1)
+    return img
+
+
+def test_disc_is_found_with_convex_hull():
+    seg = segment_nucleus(_disc_image())
+    assert seg.status == "ok"
+    # a filled digital disc of radius 30 has about pi*30^2 = 2827 pixels
+    assert abs(seg.nucleus.sum() - np.pi * 30 ** 2) / (np.pi * 30 ** 2) < 0.03
+    assert (seg.roc & seg.nucleus).sum() == 0
+    assert seg.roc.sum() < 0.03 * seg.nucleus.sum()  # a disc is (nearly) its own hull
+    assert (seg.nucleus <= seg.hull).all() and (seg.nucleus <= seg.cell).all()
+
+
+def test_statuses():
+    assert segment_nucleus(np.full((224, 224, 3), 200, np.uint8)).status == "blank_image"
+    assert segment_nucleus(_disc_image(centre=(112, 55), radius=60)).status == "touches_border"
+    img = _disc_image(radius=22, centre=(85, 112))
+    cv2.circle(img, (140, 112), 22, (85, 45, 125), -1)
+    assert segment_nucleus(img).status == "several_candidates"
+    assert segment_nucleus(np.zeros((16, 16, 3), np.uint8)).status == "too_small"
+    assert set(STATUSES) >= {"ok", "blank_image", "touches_border", "several_candidates",
+                             "no_nucleus", "too_small"}
+
+
+def test_no_nucleus_far_from_centre():
+    assert segment_nucleus(_disc_image(radius=12, centre=(25, 25))).status == "no_nucleus"
+
+
+@pytest.mark.parametrize("bad", [np.zeros((10, 10)), np.zeros((10, 10, 4), np.uint8),
+                                 np.zeros((50, 50, 3), np.float32)])
+def test_rejects_non_rgb8(bad):
+    with pytest.raises(ValueError, match="RGB uint8"):
+        segment_nucleus(bad)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        segment_nucleus(_disc_image(), "watershed")
