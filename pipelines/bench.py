@@ -1,0 +1,197 @@
+"""``make bench``: speed and memory of the feature stage and the MIL fits, on real data.
+
+Figures are medians over ``--repeats`` alternating runs measured in one invocation, so the
+ratios compare like with like on a noisy shared machine:
+
+* decode only: every image of ``DATA/trainset`` read and JPEG-decoded, per-patient tasks
+  over the same number of processes as the feature stage;
+* the feature stage (cold cache): decode + segmentation + features + Parquet writing;
+* peak memory: the largest summed RSS of this process and its workers, sampled every
+  50 ms from /proc;
+* MI-SVM / mi-SVM fit time and peak memory on the dev cells.
+
+Usage: ``python -m pipelines.bench [--data ../shared/data/dlmi] [--jobs 2] [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class PeakRSS:
+    """Sample the summed resident memory of this process and its descendants."""
+
+    def __init__(self, interval=0.05):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _tree_rss(root: int) -> int:
+        children: dict[int, list[int]] = {}
+        rss: dict[int, int] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{d}/statm") as f:
+                    rss[int(d)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+        total, stack = 0, [root]
+        while stack:
+            p = stack.pop()
+            total += rss.get(p, 0)
+            stack.extend(children.get(p, []))
+        return total
+
+    def _run(self):
+        me = os.getpid()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_rss(me))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.peak = self._tree_rss(os.getpid())
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _decode_patient(files):
+    from cellfeat.data import read_image
+
+    n = 0
+    for f in files:
+        read_image(f)
+        n += 1
+    return n
+
+
+def bench_decode(cohort, jobs):
+    from joblib import Parallel, delayed
+
+    t0 = time.perf_counter()
+    n = sum(Parallel(n_jobs=jobs)(delayed(_decode_patient)(f) for f in cohort.images.values() if f))
+    return n / (time.perf_counter() - t0)
+
+
+def bench_features(cohort, jobs):
+    from .features import run_features
+
+    out = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
+    try:
+        with PeakRSS() as mem:
+            res = run_features(cohort, out, n_jobs=jobs, progress=False, gallery=False)
+        return res["images_per_s"], mem.peak, res
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_mil(cells_path, repeats):
+    import pandas as pd
+
+    from cellfeat.mil import MISVM, bags_from_table, miSVM
+    from cellfeat.features import FEATURE_NAMES
+
+    cells = pd.read_parquet(cells_path)
+    cells = cells[cells["QC_STATUS"] == "ok"]
+    X = cells[list(FEATURE_NAMES)].to_numpy(float)
+    med = np.nanmedian(X, axis=0)
+    cells = cells.assign(**{n: np.where(np.isfinite(X[:, i]), X[:, i], med[i])
+                            for i, n in enumerate(FEATURE_NAMES)})
+    ids, bags = bags_from_table(cells[["ID", *FEATURE_NAMES]])
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, len(bags))  # timing only: labels do not change the cost much
+    y[:2] = [0, 1]
+    out = {"n_cells": int(sum(len(b) for b in bags)), "n_bags": len(bags)}
+    for name, est in (("MISVM-linear", MISVM(random_state=0)),
+                      ("MISVM-rbf", MISVM(kernel="rbf", random_state=0)),
+                      ("miSVM-linear", miSVM(random_state=0)),
+                      ("miSVM-rbf", miSVM(kernel="rbf", random_state=0))):
+        times, peaks = [], []
+        for _ in range(repeats):
+            with PeakRSS(0.01) as mem:
+                base = mem.peak
+                t0 = time.perf_counter()
+                est.fit(bags, y)
+                times.append(time.perf_counter() - t0)
+            peaks.append(mem.peak - base)
+        out[name] = {"fit_s_median": float(np.median(times)),
+                     "extra_rss_mb_median": float(np.median(peaks)) / 2**20,
+                     "iterations": int(est.n_iter_)}
+    return out
+
+
+def main(argv=None):
+    from cellfeat.data import load_cohort
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data/dlmi"))
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("build/bench.json"))
+    args = p.parse_args(argv)
+    train = args.data / "trainset"
+    if not train.is_dir():
+        print(f"error: {train} not found; pass --data pointing at the challenge layout",
+              file=sys.stderr)
+        return 2
+    cohort = load_cohort(train)
+    n = cohort.n_images
+    print(f"bench: {n} images of {len(cohort.images)} patients, {args.jobs} processes, "
+          f"{args.repeats} repeats (medians)")
+    dec, feat, peaks, last = [], [], [], None
+    for r in range(args.repeats):
+        dec.append(bench_decode(cohort, args.jobs))
+        ips, peak, last = bench_features(cohort, args.jobs)
+        feat.append(ips)
+        peaks.append(peak)
+        print(f"  run {r + 1}: decode {dec[-1]:.0f} img/s, features {ips:.0f} img/s, "
+              f"peak RSS {peak / 2**20:.0f} MiB")
+    d, f = float(np.median(dec)), float(np.median(feat))
+    result = {"images": n, "jobs": args.jobs, "decode_img_s": d, "features_img_s": f,
+              "slowdown_vs_decode": d / f, "features_peak_rss_mib": float(np.median(peaks)) / 2**20}
+    print(f"decode only     {d:8.0f} img/s")
+    print(f"feature stage   {f:8.0f} img/s   ({d / f:.2f}x the decode-only time; target <= 2x)")
+    print(f"peak memory     {result['features_peak_rss_mib']:8.0f} MiB (process tree; target < 1024)")
+    cells_dir = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
+    try:
+        from .features import run_features
+
+        run_features(cohort, cells_dir, n_jobs=args.jobs, progress=False, gallery=False)
+        mil = bench_mil(cells_dir / "cells.parquet", args.repeats)
+    finally:
+        shutil.rmtree(cells_dir, ignore_errors=True)
+    result["mil"] = mil
+    print(f"MIL fits on {mil['n_cells']} cells in {mil['n_bags']} bags:")
+    for k, v in mil.items():
+        if isinstance(v, dict):
+            print(f"  {k:14s} {v['fit_s_median']:6.2f} s   +{v['extra_rss_mb_median']:6.0f} MiB "
+                  f"({v['iterations']} iterations)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

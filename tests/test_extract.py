@@ -1,0 +1,33 @@
+"""cellfeat.extract: images or paths in, one row per image out, failures carry a reason."""
+
+import numpy as np
+
+from cellfeat.extract import CellFeatureExtractor
+from cellfeat.features import FEATURE_NAMES
+from cellfeat.synthetic import draw_cell, sample_patient
+
+
+def test_rows_follow_input_and_failures_have_reasons(tmp_path):
+    rng = np.random.default_rng(0)
+    img, _, _ = draw_cell(rng, sample_patient(rng, 1))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    blank = np.full((224, 224, 3), 230, np.uint8)
+    ex = CellFeatureExtractor().fit()
+    out = ex.transform([img, bad, blank, str(bad)])
+    assert list(out.columns) == ["QC_STATUS", *FEATURE_NAMES]
+    assert out["QC_STATUS"][0] == "ok" and out["QC_STATUS"][2] == "blank_image"
+    assert out["QC_STATUS"][1].startswith("unreadable") and out["QC_STATUS"][3].startswith("unreadable")
+    assert out.loc[0, FEATURE_NAMES].notna().sum() > 60
+    assert out.loc[1:, FEATURE_NAMES].isna().all().all()
+
+
+def test_subset_and_validation():
+    ex = CellFeatureExtractor(features=["Nucleus_Shape_Area"])
+    assert list(ex.fit().get_feature_names_out()) == ["QC_STATUS", "Nucleus_Shape_Area"]
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown feature"):
+        CellFeatureExtractor(features=["Nope"]).fit()
+    with pytest.raises(ValueError, match="method"):
+        CellFeatureExtractor(method="x").fit()

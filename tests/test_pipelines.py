@@ -1,0 +1,147 @@
+"""pipelines: the stages end to end on a small synthetic cohort, through the CLI."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellfeat.data import load_cohort
+from pipelines.cli import main
+from pipelines.features import FeatureSettings, run_features
+
+
+@pytest.fixture(scope="module")
+def messy(synthetic_root, tmp_path_factory):
+    """The synthetic cohort plus the junk real exports carry."""
+    root = tmp_path_factory.mktemp("messy") / "cohort"
+    shutil.copytree(synthetic_root, root)
+    p = next(iter(sorted((root / "trainset").glob("P*"))))
+    (p / "zero.jpg").write_bytes(b"")
+    (p / "text.JPG").write_text("I am not a jpeg")
+    (p / "half.jpg").write_bytes((p / "000000.jpg").read_bytes()[:300])
+    (p / ".DS_Store").write_bytes(b"\0")
+    return root
+
+
+def test_features_account_for_every_image(messy, tmp_path):
+    cohort = load_cohort(messy)
+    res = run_features(cohort, tmp_path, n_jobs=1, progress=False, log=lambda *a: None)
+    qc = pd.read_csv(tmp_path / "qc.csv")
+    files = sorted(f"{pid}/{f.name}" for pid, fs in cohort.images.items() for f in fs)
+    assert sorted(qc["ID"] + "/" + qc["FILE"]) == files  # each image exactly once
+    assert sum(res["by_status"].values()) == len(files) == res["images"]
+    bad = qc[qc["FILE"].isin(["zero.jpg", "text.JPG", "half.jpg"])]
+    assert bad["QC_STATUS"].str.startswith("unreadable").all()
+    cells = pd.read_parquet(tmp_path / "cells.parquet")
+    assert len(cells) == len(files)
+    assert cells.loc[cells["QC_STATUS"] != "ok"].filter(like="Nucleus_").isna().all().all()
+    assert (cells["Diagnostics_SettingsHash"] == FeatureSettings().hash).all()
+    assert (tmp_path / "gallery.png").stat().st_size > 10_000
+    issues = pd.read_csv(tmp_path / "issues.csv")
+    assert ".DS_Store" in " ".join(issues["path"])
+
+
+def test_features_cache_and_jobs_give_identical_tables(synthetic_root, tmp_path):
+    cohort = load_cohort(synthetic_root)
+    kw = dict(progress=False, gallery=False, log=lambda *a: None)
+    run_features(cohort, tmp_path / "a", n_jobs=1, **kw)
+    # simulate an interrupted run: half the cache entries are gone, one is half-written
+    entries = sorted((tmp_path / "a" / "cache").glob("*.json"))
+    for e in entries[::2]:
+        e.unlink()
+    entries[1].with_suffix(".parquet").write_bytes(b"garbage")
+    entries[1].unlink()
+    run_features(cohort, tmp_path / "a", n_jobs=2, **kw)
+    run_features(cohort, tmp_path / "b", n_jobs=2, **kw)
+    a = pd.read_parquet(tmp_path / "a" / "cells.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "cells.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    rc = main(["--quiet", "train", str(synthetic_root), "--features", str(d / "f"), "--model",
+               str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3", "--repeats",
+               "1", "--candidates", "clinical-logreg", "bags-logreg", "gated-mixture",
+               "--jobs", "1"])
+    assert rc == 0
+    return d
+
+
+def test_train_writes_bundle_and_report(trained):
+    import json
+
+    m = json.loads((trained / "report" / "metrics.json").read_text())
+    assert set(m["candidates"]) == {"clinical-logreg", "bags-logreg", "gated-mixture", "nested"}
+    for k in ("balanced_accuracy", "balanced_accuracy_std", "balanced_accuracy_ci_low",
+              "roc_auc", "sensitivity", "specificity"):
+        assert k in m["candidates"]["nested"]
+    for f in ("README.md", "roc.png", "confusion.png", "calibration.png", "image_vs_clinical.png"):
+        assert (trained / "report" / f).exists()
+
+
+def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
+    args = ["--quiet", "score", str(synthetic_root), "--features", str(trained / "f"),
+            "--model", str(trained / "m.skops"), "--jobs", "1"]
+    assert main(args + ["--out", str(tmp_path / "a.csv")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b.csv")]) == 0
+    a = (tmp_path / "a.csv").read_bytes()
+    assert a == (tmp_path / "b.csv").read_bytes()
+    pred = pd.read_csv(tmp_path / "a.csv")
+    cohort = load_cohort(synthetic_root)
+    assert sorted(pred["ID"]) == sorted(cohort.unlabelled)
+    assert {"ID", "LABEL", "PROBA", "N_CELLS", "N_CELLS_USED", "STATUS"} <= set(pred.columns)
+    assert pred["PROBA"].between(0, 1).all() and (pred["STATUS"] == "ok").all()
+    sub = pd.read_csv(tmp_path / "a_submission.csv")
+    assert list(sub.columns) == ["Id", "Predicted"] and len(sub) == len(pred)
+    assert len(list((tmp_path / "a_montages").glob("*.png"))) == len(pred)
+
+
+def test_score_statuses_for_missing_inputs(synthetic_root, trained):
+    from cellfeat.models import cohort_frame
+    from pipelines.bundle import load_bundle
+    from pipelines.stages import score_frame
+
+    models, _ = load_bundle(trained / "m.skops")
+    cells = pd.read_parquet(trained / "f" / "cells.parquet")
+    cohort = load_cohort(synthetic_root)
+    frame = cohort_frame(cohort.clinical, cells).loc[cohort.labelled[:3]].copy()
+    frame.iloc[0, frame.columns.get_loc("AGE")] = np.nan
+    frame.iat[1, frame.columns.get_loc("CELLS")] = frame["CELLS"].iloc[1].iloc[:0]
+    frame.iloc[2, frame.columns.get_loc("LYMPH_COUNT")] = np.nan
+    frame.iat[2, frame.columns.get_loc("CELLS")] = frame["CELLS"].iloc[2].iloc[:0]
+    out = score_frame(models, frame)
+    assert out["STATUS"].tolist() == ["image only: missing AGE", "clinical only: no images",
+                                      "no call: missing LYMPH_COUNT; no images"]
+    assert out["PROBA"].notna().tolist() == [True, True, False]
+
+
+def test_bundle_refuses_tampering(trained, tmp_path):
+    from pipelines.bundle import load_bundle
+    from pipelines.io import StageError
+
+    data = (trained / "m.skops").read_bytes()
+    (tmp_path / "cut.skops").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StageError, match="truncated or tampered"):
+        load_bundle(tmp_path / "cut.skops")
+    with pytest.raises(StageError, match="different feature set"):
+        load_bundle(trained / "m.skops", feature_names=["Nucleus_Shape_Area"])
+    with pytest.raises(StageError, match="no model bundle"):
+        load_bundle(tmp_path / "none.skops")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "c.csv").write_text("ID,LABEL,GENDER,DOB,LYMPH_COUNT\n../x,1,M,1/1/1950,5\n")
+    assert main(["features", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'../x' is not a plain folder name" in err[0]
+    assert main(["score", str(tmp_path / "nowhere")]) == 2
+
+
+def test_help_answers(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--repeats" in out and "--model" in out
