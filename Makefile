@@ -1,6 +1,9 @@
 # cellfeat — `make help` lists the targets. Every target builds its own .venv first.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# this machine's pip config names mirror folders that may be absent: hide that noise only
+QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
 PYTHON   ?= python3
 VENV     := .venv
@@ -15,8 +18,8 @@ ARGS     ?=
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cnn,dask]'
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cnn,dask]' 2>&1 | $(QUIET_PIP)
 	@touch $@
 
 .PHONY: help install demo test features train score bench synthetic clean

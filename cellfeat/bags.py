@@ -57,11 +57,8 @@ class BagAggregator(TransformerMixin, BaseEstimator):
     >>> import pandas as pd
     >>> cells = pd.DataFrame({"ID": ["a", "a", "b"], "QC_STATUS": ["ok", "ok", "ok"],
     ...                       "size": [1.0, 3.0, 5.0]})
-    >>> BagAggregator(stats=("Mean", "Std")).fit_transform(cells)
-        Bag_Mean_size  Bag_Std_size  Bag_NCells  Bag_QCFailedShare
-    ID
-    a             2.0           1.0           2                0.0
-    b             5.0           0.0           1                0.0
+    >>> BagAggregator(stats=("Mean", "Std")).fit_transform(cells).to_dict("index")
+    {'a': {'Bag_Mean_size': 2.0, 'Bag_Std_size': 1.0, 'Bag_NCells': 2, 'Bag_QCFailedShare': 0.0}, 'b': {'Bag_Mean_size': 5.0, 'Bag_Std_size': 0.0, 'Bag_NCells': 1, 'Bag_QCFailedShare': 0.0}}
     """
 
     def __init__(self, *, bag_col="ID", qc_col="QC_STATUS", features=None, stats=STATS):

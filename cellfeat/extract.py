@@ -13,12 +13,15 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .data import ImageReadError, read_image
-from .features import FEATURE_NAMES, REGISTRY, compute_features
-from .segment import CHANNELS, METHODS, segment_nucleus
+from .features import FEATURE_NAMES, MIN_REGION_PIXELS, REGISTRY, compute_features
+from .segment import CHANNELS, METHODS, STATUSES, segment_nucleus
 
-__all__ = ["CellFeatureExtractor", "measure_image", "QC_COLUMN", "MIN_SIDE", "MAX_SIDE"]
+__all__ = ["CellFeatureExtractor", "measure_image", "failed_row", "nan_reason", "QC_COLUMN",
+           "DETAIL_COLUMN", "MIN_SIDE", "MAX_SIDE"]
 
 QC_COLUMN = "QC_STATUS"
+#: Why features are NaN: the failure's explanation, or which objects were too small.
+DETAIL_COLUMN = "QC_DETAIL"
 #: Images outside these sides (pixels) are rejected rather than processed or rescaled.
 MIN_SIDE, MAX_SIDE = 32, 2048
 
@@ -36,15 +39,27 @@ def measure_image(image: np.ndarray, *, method: str = "otsu", channel: str = "st
     """
     h, w = image.shape[:2]
     if max(h, w) > MAX_SIDE:
-        return _failed(f"rejected: image {w}x{h} larger than {MAX_SIDE} px", names), None
+        return failed_row(f"rejected: image {w}x{h} larger than {MAX_SIDE} px", names), None
     seg = segment_nucleus(image, method, channel=channel, min_size=MIN_SIDE)
     if not seg.ok:
-        return _failed(seg.status, names), seg
-    return {QC_COLUMN: "ok", **compute_features(image, seg, names)}, seg
+        return failed_row(seg.status, names, STATUSES.get(seg.status, "")), seg
+    feats = compute_features(image, seg, names)
+    return {QC_COLUMN: "ok", DETAIL_COLUMN: nan_reason(feats), **feats}, seg
 
 
-def _failed(status: str, names) -> dict:
-    return {QC_COLUMN: status, **dict.fromkeys(names, np.nan)}
+def nan_reason(feats: dict) -> str:
+    """Say which objects' features are NaN in an otherwise usable cell, and why."""
+    objects = sorted({n.split("_", 1)[0] for n, v in feats.items() if not np.isfinite(v)})
+    if not objects:
+        return ""
+    return ("NaN features of " + ", ".join(objects) + ": region under "
+            f"{MIN_REGION_PIXELS} px (e.g. no cytoplasm found, convex nucleus with empty ROC) "
+            "or uniform (zero variance)")
+
+
+def failed_row(status: str, names, detail: str = "") -> dict:
+    """A row for an image without features: the status, why, and NaN features."""
+    return {QC_COLUMN: status, DETAIL_COLUMN: detail or status, **dict.fromkeys(names, np.nan)}
 
 
 class CellFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -69,7 +84,8 @@ class CellFeatureExtractor(TransformerMixin, BaseEstimator):
     The input is a sequence of images, each an RGB uint8 array or a path to an image file,
     not a 2-D numeric table; the transformer is stateless. Output rows follow the input
     order. ``QC_STATUS`` is "ok", a segmentation status (see
-    :data:`cellfeat.segment.STATUSES`) or ``"unreadable: <reason>"``.
+    :data:`cellfeat.segment.STATUSES`) or ``"unreadable: <reason>"``; ``QC_DETAIL`` says
+    why any feature of the row is NaN (empty when none is).
 
     Examples
     --------
@@ -78,7 +94,7 @@ class CellFeatureExtractor(TransformerMixin, BaseEstimator):
     >>> rng = np.random.default_rng(0)
     >>> image, _, _ = draw_cell(rng, sample_patient(rng, 1))
     >>> table = CellFeatureExtractor().fit_transform([image])
-    >>> table.loc[0, "QC_STATUS"], round(table.loc[0, "Nucleus_Shape_Solidity"], 2) > 0.9
+    >>> table.loc[0, "QC_STATUS"], bool(table.loc[0, "Nucleus_Shape_Solidity"] > 0.9)
     ('ok', True)
     """
 
@@ -110,17 +126,17 @@ class CellFeatureExtractor(TransformerMixin, BaseEstimator):
                 try:
                     image = read_image(item)
                 except ImageReadError as exc:
-                    rows.append(_failed(str(exc), names))
+                    rows.append(failed_row(str(exc), names))
                     continue
             else:
                 image = np.asarray(item)
             row, _ = measure_image(image, method=self.method, channel=self.channel, names=names)
             rows.append(row)
-        return pd.DataFrame(rows, columns=[QC_COLUMN, *names])
+        return pd.DataFrame(rows, columns=[QC_COLUMN, DETAIL_COLUMN, *names])
 
     def get_feature_names_out(self, input_features=None):
         names = getattr(self, "feature_names_", None) or self._validate()
-        return np.asarray([QC_COLUMN, *names], dtype=object)
+        return np.asarray([QC_COLUMN, DETAIL_COLUMN, *names], dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -25,7 +25,9 @@ def dispersion_from_sums(n: int, total: np.ndarray, total_sq: float) -> float:
     """Dispersion S from running sums: n, Σ q_i (vector) and Σ ‖q_i‖² (scalar).
 
     Uses Σ_i ‖q_i − q̄‖² = Σ ‖q_i‖² − ‖Σ q_i‖²/n, so a bag can be streamed image by image.
-    See :func:`pixel_dispersion` for S.
+    See :func:`pixel_dispersion` for S. The subtraction cancels: the absolute error is about
+    √(ε·Σ‖q_i‖²)/√n (ε the float64 epsilon), ~1e-8 for a bag of 224×224 images, far below
+    the spread between patients.
     """
     if n < 1:
         return np.nan
@@ -51,7 +53,9 @@ def pixel_dispersion(images: np.ndarray) -> float:
     n = len(q)
     if n == 0:
         return np.nan
-    return dispersion_from_sums(n, q.sum(axis=0), float(np.einsum("ij,ij->", q, q)))
+    # centring first (still O(n·d)) avoids the cancellation of the running-sums form
+    centred = q - q.mean(axis=0)
+    return float(np.sqrt(n * np.einsum("ij,ij->", centred, centred)) / n)
 
 
 def pixel_dispersion_naive(images: np.ndarray) -> float:

@@ -20,14 +20,14 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import Cohort, ImageReadError, read_image
-from cellfeat.extract import QC_COLUMN, measure_image
+from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.heterogeneity import dispersion_from_sums
 
 from .io import atomic_path, settings_hash, write_csv, write_parquet
 
 PIXEL_SCORE = "Bag_Heterogeneity_PixelDispersion"
-CELL_COLUMNS = ["ID", "FILE", QC_COLUMN, *FEATURE_NAMES]
+CELL_COLUMNS = ["ID", "FILE", QC_COLUMN, DETAIL_COLUMN, *FEATURE_NAMES]
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class FeatureSettings:
 
     def as_dict(self) -> dict:
         return {"method": self.method, "channel": self.channel,
-                "features": list(FEATURE_NAMES), "revision": FEATURES_REVISION}
+                "features": list(FEATURE_NAMES), "revision": FEATURES_REVISION,
+                "columns": CELL_COLUMNS}
 
     @property
     def hash(self) -> str:
@@ -81,12 +82,12 @@ def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
     rows, n_px, total, total_sq, shape = [], 0, None, 0.0, None
     for f, b in zip(files, blobs):
         if isinstance(b, Exception):
-            row = {QC_COLUMN: f"unreadable: {b}", **dict.fromkeys(FEATURE_NAMES, np.nan)}
+            row = failed_row(f"unreadable: {b}", FEATURE_NAMES)
         else:
             try:
                 image = _decode(b, Path(f))
             except ImageReadError as exc:
-                row = {QC_COLUMN: str(exc), **dict.fromkeys(FEATURE_NAMES, np.nan)}
+                row = failed_row(str(exc), FEATURE_NAMES)
             else:
                 row, _ = measure_image(image, method=settings.method, channel=settings.channel)
                 # pixel dispersion over the patient's images of the first shape seen

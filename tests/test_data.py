@@ -158,3 +158,36 @@ def test_read_image_unreadable(tmp_path, content):
     p.write_bytes(content)
     with pytest.raises(ImageReadError, match="unreadable"):
         read_image(p)
+
+
+# ---------------------------------------------------------------- property-based
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+cell_text = st.one_of(st.text(alphabet="0123456789/-.aFfMm ,\"x", max_size=12),
+                      st.sampled_from(["", "11/3/1933", "28-04-1943", "M", "f", "12.5", "-1"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(cell_text, cell_text, cell_text, cell_text), min_size=1, max_size=6))
+def test_random_csv_rows_are_loaded_or_reported(tmp_path_factory, rows):
+    import csv
+
+    root = tmp_path_factory.mktemp("h")
+    with open(root / "c.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"])
+        for i, (lab, g, dob, cnt) in enumerate(rows):
+            w.writerow([f"P{i}", lab, g, dob, cnt])
+    try:
+        c = load_cohort(root)
+    except CohortError as exc:  # only a bad LABEL is fatal among these columns
+        assert "LABEL" in str(exc)
+        return
+    assert list(c.clinical.index) == [f"P{i}" for i in range(len(rows))]
+    for i, (lab, g, dob, cnt) in enumerate(rows):
+        r = c.clinical.loc[f"P{i}"]
+        reported = set(c.issues.loc[c.issues["patient"] == f"P{i}", "kind"])
+        assert pd.notna(r["GENDER"]) or "unknown_gender" in reported
+        assert pd.notna(r["AGE"]) or reported & {"bad_dob", "bad_age"}
+        assert pd.notna(r["LYMPH_COUNT"]) or "bad_lymph_count" in reported

@@ -15,7 +15,8 @@ def test_rows_follow_input_and_failures_have_reasons(tmp_path):
     blank = np.full((224, 224, 3), 230, np.uint8)
     ex = CellFeatureExtractor().fit()
     out = ex.transform([img, bad, blank, str(bad)])
-    assert list(out.columns) == ["QC_STATUS", *FEATURE_NAMES]
+    assert list(out.columns) == ["QC_STATUS", "QC_DETAIL", *FEATURE_NAMES]
+    assert (out["QC_DETAIL"][1:] != "").all()  # every NaN row says why
     assert out["QC_STATUS"][0] == "ok" and out["QC_STATUS"][2] == "blank_image"
     assert out["QC_STATUS"][1].startswith("unreadable") and out["QC_STATUS"][3].startswith("unreadable")
     assert out.loc[0, FEATURE_NAMES].notna().sum() > 60
@@ -24,7 +25,7 @@ def test_rows_follow_input_and_failures_have_reasons(tmp_path):
 
 def test_subset_and_validation():
     ex = CellFeatureExtractor(features=["Nucleus_Shape_Area"])
-    assert list(ex.fit().get_feature_names_out()) == ["QC_STATUS", "Nucleus_Shape_Area"]
+    assert list(ex.fit().get_feature_names_out()) == ["QC_STATUS", "QC_DETAIL", "Nucleus_Shape_Area"]
     import pytest
 
     with pytest.raises(ValueError, match="unknown feature"):

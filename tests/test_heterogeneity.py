@@ -13,8 +13,13 @@ from cellfeat import heterogeneity as H
 @settings(max_examples=40, deadline=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 7), st.integers(1, 5), st.integers(1, 4))))
 def test_pixel_dispersion_matches_naive(images):
-    assert H.pixel_dispersion(images) == pytest.approx(H.pixel_dispersion_naive(images),
-                                                       rel=1e-9, abs=1e-9)
+    naive = H.pixel_dispersion_naive(images)
+    assert H.pixel_dispersion(images) == pytest.approx(naive, rel=1e-9, abs=1e-12)
+    # the streaming form cancels: error bound sqrt(eps * sum ||q||^2 / n), see its docstring
+    q = images.reshape(len(images), -1).astype(float) / 255
+    streamed = H.dispersion_from_sums(len(q), q.sum(axis=0), float((q * q).sum()))
+    bound = np.sqrt(np.finfo(float).eps * max((q * q).sum(), 1) / len(q)) * 4
+    assert abs(streamed - naive) <= bound
 
 
 def test_pixel_dispersion_by_hand():

@@ -145,3 +145,40 @@ def test_help_answers(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--repeats" in out and "--model" in out
+
+
+def test_sigkill_half_way_then_resume(synthetic_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "pipelines.cli", "--quiet", "features", str(synthetic_root),
+           "--jobs", "1", "--features"]
+    proc = subprocess.Popen(cmd + [str(tmp_path / "killed")], stderr=subprocess.DEVNULL)
+    cache = tmp_path / "killed" / "cache"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("*.json"))) < 5:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_cached = len(list(cache.glob("*.json")))
+    assert 5 <= n_cached < 27, "the kill should land half-way"
+    assert not (tmp_path / "killed" / "cells.parquet").exists()  # never half-written
+    assert subprocess.run(cmd + [str(tmp_path / "killed")]).returncode == 0
+    assert subprocess.run(cmd + [str(tmp_path / "clean")]).returncode == 0
+    a = pd.read_parquet(tmp_path / "killed" / "cells.parquet")
+    b = pd.read_parquet(tmp_path / "clean" / "cells.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_bundle_with_untrusted_type_is_refused(tmp_path):
+    import skops.io as sio
+
+    from pipelines.bundle import load_bundle
+    from pipelines.io import StageError
+
+    sio.dump({"format": 1, "pipeline": StageError("x")}, tmp_path / "evil.skops")
+    with pytest.raises(StageError, match="outside the trusted list"):
+        load_bundle(tmp_path / "evil.skops")
