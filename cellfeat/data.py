@@ -28,6 +28,8 @@ __all__ = [
     "parse_dob",
     "age_at",
     "read_image",
+    "decode_image",
+    "to_rgb8",
     "ImageReadError",
 ]
 
@@ -137,7 +139,19 @@ def age_at(dob: date, reference: str | date = DEFAULT_REFERENCE_DATE) -> float:
 
 
 def read_image(path) -> np.ndarray:
-    """Decode an image file into an 8-bit RGB array of shape (H, W, 3).
+    """Read and decode an image file into an 8-bit RGB array of shape (H, W, 3).
+
+    See :func:`decode_image` for the conversions; raises :class:`ImageReadError`.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"unreadable: {exc.strerror or exc}") from exc
+    return decode_image(data)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image file bytes into an 8-bit RGB array of shape (H, W, 3).
 
     Grayscale, RGBA (alpha dropped: smears are opaque), palette, 16-bit (scaled by 1/257)
     and CMYK images are converted; anything that cannot be converted faithfully raises
@@ -145,30 +159,27 @@ def read_image(path) -> np.ndarray:
     """
     import cv2
 
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageReadError(f"unreadable: {exc.strerror or exc}") from exc
-    if data.size == 0:
+    if not data:
         raise ImageReadError("unreadable: empty file")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
-        return _read_with_pil(path)
+        return _decode_with_pil(data)
     return to_rgb8(img, bgr=True)
 
 
-def _read_with_pil(path: Path) -> np.ndarray:
+def _decode_with_pil(data: bytes) -> np.ndarray:
     # OpenCV refuses some valid files (CMYK JPEG variants, some palettes); PIL is the
     # second opinion before a file is called unreadable.
+    import io
+
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - PIL ships with matplotlib
         raise ImageReadError("unreadable: not a decodable image") from None
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LA", "L", "1", "RGBA"):
+            if im.mode != "RGB" and im.mode not in ("I;16", "I;16B"):
                 im = im.convert("RGB")
             arr = np.asarray(im)
     except Exception as exc:  # PIL raises many types for corrupt files

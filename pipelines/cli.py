@@ -7,6 +7,7 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def _features_args(p, required=False):
                    help="nucleus segmentation method (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=-1,
                    help="worker processes for feature extraction (default: all cores)")
+    p.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+                   metavar="tcp://HOST:PORT",
+                   help="run feature extraction on this Dask scheduler (default: "
+                   "$DASK_SCHEDULER_ADDRESS, else local processes)")
+    p.add_argument("--dask-mode", choices=("shared", "bytes"), default="shared",
+                   help="shared: workers read images and the cache at the same paths; bytes: "
+                   "the client reads images and ships them (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

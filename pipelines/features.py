@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 import cellfeat
-from cellfeat.data import Cohort, ImageReadError, read_image
+from cellfeat.data import Cohort, ImageReadError, decode_image
 from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.heterogeneity import dispersion_from_sums
@@ -45,47 +45,57 @@ class FeatureSettings:
         return settings_hash(self.as_dict())
 
 
-def _decode(data: bytes, path: Path) -> np.ndarray:
-    import cv2
-
-    from cellfeat.data import _read_with_pil, to_rgb8
-
-    if not data:
-        raise ImageReadError("unreadable: empty file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        return _read_with_pil(path)
-    return to_rgb8(img, bgr=True)
-
-
-def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
-                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict]:
-    """Features of one patient's images (reads the cache first, writes it after)."""
+def read_blobs(files) -> list:
+    """Each file's bytes, or the OSError that reading it raised."""
     blobs = []
     for f in files:
         try:
             blobs.append(Path(f).read_bytes())
         except OSError as exc:
             blobs.append(exc)
-    key = hashlib.sha256(settings.hash.encode() + pid.encode())
-    for f, b in zip(files, blobs):
-        key.update(Path(f).name.encode())
-        key.update(hashlib.sha256(b).digest() if isinstance(b, bytes) else b"<error>")
-    cache = cache_dir / f"{pid}-{key.hexdigest()[:24]}.parquet" if cache_dir else None
-    # the .json is written last: its presence means the .parquet beside it is complete
-    if cache is not None and cache.with_suffix(".json").exists():
-        try:
-            return pd.read_parquet(cache), json.loads(cache.with_suffix(".json").read_text())
-        except (OSError, ValueError):  # a damaged entry is recomputed, never trusted
-            pass
+    return blobs
 
+
+def patient_key(pid: str, names, blobs, settings: FeatureSettings) -> str:
+    """Content address of one patient's work: settings, file names and bytes."""
+    key = hashlib.sha256(settings.hash.encode() + pid.encode())
+    for name, b in zip(names, blobs):
+        key.update(str(name).encode())
+        key.update(hashlib.sha256(b).digest() if isinstance(b, bytes) else b"<error>")
+    return f"{pid}-{key.hexdigest()[:24]}"
+
+
+def cache_load(cache_dir: Path | None, key: str):
+    """The cached result for ``key``, or None. The .json is written last: its presence
+    means the .parquet beside it is complete; a damaged entry is recomputed."""
+    if cache_dir is None or not (cache_dir / f"{key}.json").exists():
+        return None
+    try:
+        return (pd.read_parquet(cache_dir / f"{key}.parquet"),
+                json.loads((cache_dir / f"{key}.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def cache_store(cache_dir: Path | None, key: str, cells: pd.DataFrame, meta: dict) -> None:
+    if cache_dir is None:
+        return
+    with atomic_path(cache_dir / f"{key}.parquet") as tmp:
+        cells.to_parquet(tmp, index=False)
+    with atomic_path(cache_dir / f"{key}.json") as tmp:
+        tmp.write_text(json.dumps(meta))
+
+
+def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
+    """Features of one patient's images from their bytes (no file access: a task that can
+    run anywhere)."""
     rows, n_px, total, total_sq, shape = [], 0, None, 0.0, None
-    for f, b in zip(files, blobs):
+    for name, b in zip(names, blobs):
         if isinstance(b, Exception):
             row = failed_row(f"unreadable: {b}", FEATURE_NAMES)
         else:
             try:
-                image = _decode(b, Path(f))
+                image = decode_image(b)
             except ImageReadError as exc:
                 row = failed_row(str(exc), FEATURE_NAMES)
             else:
@@ -97,25 +107,36 @@ def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
                     total = q if total is None else total + q
                     total_sq += float(q @ q)
                     n_px += 1
-        rows.append({"ID": pid, "FILE": Path(f).name, **row})
+        rows.append({"ID": pid, "FILE": str(name), **row})
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS)
     meta = {"ID": pid, PIXEL_SCORE: dispersion_from_sums(n_px, total, total_sq) if n_px else None,
             "N_PIXEL_IMAGES": n_px}
-    if cache is not None:
-        with atomic_path(cache) as tmp:
-            cells.to_parquet(tmp, index=False)
-        with atomic_path(cache.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(meta))
+    return cells, meta
+
+
+def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
+                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict]:
+    """Read, check the cache, compute, store: the task of the local and shared-path runs."""
+    names = [Path(f).name for f in files]
+    blobs = read_blobs(files)
+    key = patient_key(pid, names, blobs, settings)
+    hit = cache_load(cache_dir, key)
+    if hit is not None:
+        return hit
+    cells, meta = compute_patient(pid, names, blobs, settings)
+    cache_store(cache_dir, key, cells, meta)
     return cells, meta
 
 
 def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = FeatureSettings(),
                  n_jobs: int = -1, progress: bool = True, gallery: bool = True,
-                 log=print) -> dict:
+                 client=None, dask_mode: str = "shared") -> dict:
     """Run the features stage over every patient folder of ``cohort``.
 
     Writes ``cells.parquet``, ``patients.parquet``, ``qc.csv``, ``issues.csv``,
-    ``settings.json`` and ``gallery.png`` under ``out_dir``; returns counts.
+    ``settings.json`` and ``gallery.png`` under ``out_dir``; returns counts. With a Dask
+    ``client`` the per-patient tasks run on its cluster (see :mod:`pipelines.cluster`);
+    otherwise on ``n_jobs`` local processes.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -128,8 +149,16 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     patients = [(pid, files) for pid, files in cohort.images.items() if files]
     n_images = sum(len(f) for _, f in patients)
     t0 = time.perf_counter()
-    tasks = (delayed(process_patient)(pid, files, settings, cache_dir) for pid, files in patients)
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
+    submitted: list = []
+    if client is not None:
+        from .cluster import dask_results
+
+        results = dask_results(client, patients, settings, cache_dir, mode=dask_mode,
+                               submitted=submitted)
+    else:
+        tasks = (delayed(process_patient)(pid, files, settings, cache_dir)
+                 for pid, files in patients)
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
     provenance = {"Diagnostics_Version": cellfeat.__version__,
                   "Diagnostics_SettingsHash": settings.hash}
     qc_parts, metas, writer = [], [], None
@@ -168,5 +197,11 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
         from .plots import cell_gallery
 
         cell_gallery(cohort, qc, out_dir / "gallery.png", settings=settings)
+    retried = []
+    if client is not None:
+        from .cluster import retried_keys
+
+        retried = [k[len("patient-"):].rsplit("-", 1)[0] for k in retried_keys(client, submitted)]
     return {"patients": len(patients), "images": int(len(qc)), "by_status": counts,
-            "seconds": elapsed, "images_per_s": len(qc) / elapsed if elapsed > 0 else np.nan}
+            "seconds": elapsed, "images_per_s": len(qc) / elapsed if elapsed > 0 else np.nan,
+            "retried": retried}

@@ -50,11 +50,26 @@ def _load(args) -> Cohort:
 def _features(args, cohort: Cohort) -> Path:
     out = _features_dir(args)
     settings = FeatureSettings(method=args.method)
-    res = run_features(cohort, out, settings=settings, n_jobs=args.jobs,
-                       progress=not args.quiet)
+    client = None
+    if getattr(args, "scheduler", None):
+        from .cluster import connect
+
+        client = connect(args.scheduler)
+        workers = len(client.scheduler_info().get("workers", {}))
+        _log(f"features: on Dask scheduler {args.scheduler} ({workers} workers, "
+             f"{args.dask_mode} mode); dashboard: {client.dashboard_link or 'none'}")
+    try:
+        res = run_features(cohort, out, settings=settings, n_jobs=args.jobs,
+                           progress=not args.quiet, client=client,
+                           dask_mode=getattr(args, "dask_mode", "shared"))
+    finally:
+        if client is not None:
+            client.close()
     by = ", ".join(f"{k} {v}" for k, v in sorted(res["by_status"].items()))
     _log(f"features: {res['images']} images of {res['patients']} patients in "
          f"{res['seconds']:.1f} s ({res['images_per_s']:.0f} img/s): {by}")
+    if res["retried"]:
+        _log(f"  re-run after a worker was lost or a task failed: {', '.join(res['retried'])}")
     _log(f"  wrote {out}/cells.parquet, qc.csv, issues.csv, gallery.png")
     return out
 
@@ -248,7 +263,7 @@ def stage_demo(args):
         write_cohort(data, n_train=60, n_test=6, cells=(16, 32), seed=args.seed)
         (data / ".complete").write_text("ok\n")
     common = dict(data=data, reference_date="2020-01-01", features=d / "features",
-                  method="otsu", jobs=-1, quiet=args.quiet if hasattr(args, "quiet") else False)
+                  method="otsu", jobs=-1, quiet=args.quiet, scheduler=None, dask_mode="shared")
     stage_train(SimpleNamespace(**common, model=d / "model.skops", report=d / "report",
                                 folds=5, repeats=2, candidates=None, seed=args.seed))
     stage_score(SimpleNamespace(**common, model=d / "model.skops", out=d / "predictions.csv",

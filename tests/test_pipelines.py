@@ -26,7 +26,7 @@ def messy(synthetic_root, tmp_path_factory):
 
 def test_features_account_for_every_image(messy, tmp_path):
     cohort = load_cohort(messy)
-    res = run_features(cohort, tmp_path, n_jobs=1, progress=False, log=lambda *a: None)
+    res = run_features(cohort, tmp_path, n_jobs=1, progress=False)
     qc = pd.read_csv(tmp_path / "qc.csv")
     files = sorted(f"{pid}/{f.name}" for pid, fs in cohort.images.items() for f in fs)
     assert sorted(qc["ID"] + "/" + qc["FILE"]) == files  # each image exactly once
@@ -44,7 +44,7 @@ def test_features_account_for_every_image(messy, tmp_path):
 
 def test_features_cache_and_jobs_give_identical_tables(synthetic_root, tmp_path):
     cohort = load_cohort(synthetic_root)
-    kw = dict(progress=False, gallery=False, log=lambda *a: None)
+    kw = dict(progress=False, gallery=False)
     run_features(cohort, tmp_path / "a", n_jobs=1, **kw)
     # simulate an interrupted run: half the cache entries are gone, one is half-written
     entries = sorted((tmp_path / "a" / "cache").glob("*.json"))

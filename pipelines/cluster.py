@@ -1,0 +1,130 @@
+"""Run the per-patient feature tasks on a Dask distributed cluster.
+
+Two set-ups (see the README):
+
+``shared`` (default)
+    Workers see the cohort and the feature folder at the same paths as the client (a
+    shared filesystem: NFS, a cluster volume). Each task reads its patient's images,
+    checks and fills the content-addressed cache itself; the client only receives the
+    feature rows.
+``bytes``
+    Workers see nothing of the client's disk: the client reads each patient's bytes, checks
+    its own cache, ships the bytes with the task and stores the result. Submission is
+    windowed, so the client holds only a few patients' bytes at a time.
+
+Either way results are yielded in patient order, so ``cells.parquet`` is the same as the
+local run's. A task lost with a dying worker is re-run by the scheduler; tasks that raised
+are retried (``retries``). :func:`retried_keys` reads from the scheduler which tasks ran
+more than once, for the stage's report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .features import (FeatureSettings, cache_load, cache_store, compute_patient, patient_key,
+                       process_patient, read_blobs)
+
+
+def connect(address: str):
+    """A ``distributed.Client`` for ``address``; a clear error if Dask is not installed."""
+    try:
+        from distributed import Client
+    except ImportError:
+        from .io import StageError
+
+        raise StageError("--scheduler needs Dask: pip install 'cellfeat[dask]'") from None
+    return Client(address, timeout="30s")
+
+
+def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *,
+                 mode: str = "shared", retries: int = 2, window: int | None = None,
+                 submitted: list | None = None):
+    """Yield ``(cells, meta)`` per patient, in the order of ``patients``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    patients : list of (patient ID, list of image paths)
+    mode : {"shared", "bytes"}
+    window : int, optional
+        Tasks in flight at once (default: 4 per worker thread).
+    submitted : list, optional
+        Receives the key of every task sent to the cluster (for :func:`retried_keys`).
+    """
+    import uuid
+
+    from distributed import as_completed
+
+    if mode not in ("shared", "bytes"):
+        raise ValueError(f"mode must be 'shared' or 'bytes', got {mode!r}")
+    if window is None:
+        threads = sum(client.nthreads().values()) or 1
+        window = 4 * threads
+    order = {}
+    results = {}
+    pending = iter(enumerate(patients))
+    keys: dict[int, str] = {}
+
+    def submit():
+        for i, (pid, files) in pending:
+            if mode == "shared":
+                fut = client.submit(process_patient, pid, list(files), settings, cache_dir,
+                                    retries=retries, key=f"patient-{pid}-{uuid.uuid4().hex[:8]}")
+            else:
+                names = [Path(f).name for f in files]
+                blobs = read_blobs(files)
+                k = patient_key(pid, names, blobs, settings)
+                hit = cache_load(cache_dir, k)
+                if hit is not None:
+                    results[i] = hit
+                    continue
+                keys[i] = k
+                fut = client.submit(compute_patient, pid, names, blobs, settings,
+                                    retries=retries, key=f"patient-{pid}-{uuid.uuid4().hex[:8]}")
+            order[fut.key] = i
+            if submitted is not None:
+                submitted.append(fut.key)
+            return fut
+        return None
+
+    queue = as_completed()
+    for _ in range(window):
+        fut = submit()
+        if fut is None:
+            break
+        queue.add(fut)
+    nxt = 0
+    while nxt in results:
+        yield results.pop(nxt)
+        nxt += 1
+    for fut in queue:
+        i = order[fut.key]
+        res = fut.result()
+        fut.release()
+        if mode == "bytes":
+            cache_store(cache_dir, keys.pop(i), *res)
+        results[i] = res
+        new = submit()
+        if new is not None:
+            queue.add(new)
+        while nxt in results:
+            yield results.pop(nxt)
+            nxt += 1
+    while nxt in results:
+        yield results.pop(nxt)
+        nxt += 1
+
+
+def retried_keys(client, keys) -> list[str]:
+    """Task keys the scheduler sent to a worker more than once (worker lost, or retried)."""
+    try:
+        story = client.story(*keys, on_error="ignore")
+    except Exception:  # an older scheduler without stories: nothing to report
+        return []
+    starts: dict[str, int] = {}
+    for event in story:
+        key, finish = event[0], event[2]
+        if finish == "processing":
+            starts[key] = starts.get(key, 0) + 1
+    return sorted(k for k, n in starts.items() if n > 1)
