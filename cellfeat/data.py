@@ -209,7 +209,9 @@ def to_rgb8(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     elif channels != 3:
         raise ImageReadError(f"unsupported number of channels: {channels}")
     if bgr:
-        img = img[:, :, ::-1]
+        import cv2
+
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(img)
 
 

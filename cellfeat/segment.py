@@ -235,18 +235,24 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
 def _cell_mask(hsv: np.ndarray, nucleus_u8: np.ndarray, contour: np.ndarray) -> np.ndarray:
     # Cytoplasm is bluish (OpenCV hue ~95-150 of 180) and a little saturated; red cells are
     # mauve (hue ~150-180) and the plasma orange (hue ~10-30). Keep what touches the nucleus
-    # within a band as wide as the nucleus radius.
-    hue, sat = hsv[:, :, 0], hsv[:, :, 1]
-    cyto = ((hue >= 95) & (hue <= 150) & (sat >= 20)).astype(np.uint8)
+    # within a band as wide as the nucleus radius. All of it on a crop around the nucleus:
+    # four times cheaper than on the whole image.
+    h, w = nucleus_u8.shape
     radius = max(3, int(np.sqrt(cv2.contourArea(contour) / np.pi)))
+    x, y, bw, bh = cv2.boundingRect(contour)
+    y0, y1 = max(y - radius - 2, 0), min(y + bh + radius + 2, h)
+    x0, x1 = max(x - radius - 2, 0), min(x + bw + radius + 2, w)
+    nuc = nucleus_u8[y0:y1, x0:x1]
+    hue, sat = hsv[y0:y1, x0:x1, 0], hsv[y0:y1, x0:x1, 1]
+    cyto = ((hue >= 95) & (hue <= 150) & (sat >= 20)).astype(np.uint8)
     # a distance transform is ~20x cheaper than dilating by a disc this large
-    band = (cv2.distanceTransform(1 - nucleus_u8, cv2.DIST_L2, 3) <= radius).astype(np.uint8)
-    cand = ((cyto & band) | nucleus_u8).astype(np.uint8)
-    cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, _ELLIPSE3) | nucleus_u8
+    band = (cv2.distanceTransform(1 - nuc, cv2.DIST_L2, 3) <= radius).astype(np.uint8)
+    cand = ((cyto & band) | nuc).astype(np.uint8)
+    cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, _ELLIPSE3) | nuc
     _, labels = cv2.connectedComponents(cand, connectivity=8)
-    ys, xs = np.nonzero(nucleus_u8)
-    keep = labels == labels[ys[0], xs[0]]
+    ys, xs = np.nonzero(nuc)
+    keep = (labels == labels[ys[0], xs[0]]).astype(np.uint8)
+    cnts, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     out = np.zeros_like(nucleus_u8)
-    cnts, _ = cv2.findContours(keep.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, cnts, -1, 1, thickness=cv2.FILLED)
+    cv2.drawContours(out, cnts, -1, 1, thickness=cv2.FILLED, offset=(x0, y0))
     return out.astype(bool)

@@ -103,14 +103,17 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
                 # pixel dispersion over the patient's images of the first shape seen
                 shape = shape or image.shape
                 if image.shape == shape:
-                    q = image.reshape(-1).astype(np.float64) / 255.0
-                    total = q if total is None else total + q
-                    total_sq += float(q @ q)
+                    # exact integer sums; float32 for the dot product (BLAS), in 0-255 units
+                    flat = image.reshape(-1)
+                    total = flat.astype(np.int64) if total is None else total + flat
+                    q = flat.astype(np.float32)
+                    total_sq += float(np.dot(q, q))
                     n_px += 1
         rows.append({"ID": pid, "FILE": str(name), **row})
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS)
-    meta = {"ID": pid, PIXEL_SCORE: dispersion_from_sums(n_px, total, total_sq) if n_px else None,
-            "N_PIXEL_IMAGES": n_px}
+    # the score is defined on pixel values / 255
+    score = dispersion_from_sums(n_px, total / 255.0, total_sq / 255.0 ** 2) if n_px else None
+    meta = {"ID": pid, PIXEL_SCORE: score, "N_PIXEL_IMAGES": n_px}
     return cells, meta
 
 
