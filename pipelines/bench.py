@@ -105,6 +105,23 @@ def bench_features(cohort, jobs):
         shutil.rmtree(out, ignore_errors=True)
 
 
+def bench_dask(cohort, workers: int) -> float:
+    """Feature-stage images/s through a LocalCluster of ``workers`` single-thread processes."""
+    from distributed import Client, LocalCluster
+
+    from .features import run_features
+
+    out = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
+    try:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            res = run_features(cohort, out, progress=False, gallery=False, client=client)
+        return res["images_per_s"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def bench_mil(cells_path, repeats):
     import pandas as pd
 
@@ -149,6 +166,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("build/bench.json"))
+    p.add_argument("--no-dask", action="store_true", help="skip the Dask throughput runs")
     args = p.parse_args(argv)
     train = args.data / "trainset"
     if not train.is_dir():
@@ -173,6 +191,22 @@ def main(argv=None):
     print(f"decode only     {d:8.0f} img/s")
     print(f"feature stage   {f:8.0f} img/s   ({d / f:.2f}x the decode-only time; target <= 2x)")
     print(f"peak memory     {result['features_peak_rss_mib']:8.0f} MiB (process tree; target < 1024)")
+    if not args.no_dask:
+        import logging
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        dask = {w: float(np.median([bench_dask(cohort, w) for _ in range(args.repeats)]))
+                for w in (1, 2)}
+        result["dask_img_s"] = dask
+        cells_per_core_s = dask[1]
+        result["capacity"] = {"cells_per_core_s": cells_per_core_s,
+                              "cores_for_10k_patients_day_at_80_cells":
+                                  10_000 * 80 / (cells_per_core_s * 86_400)}
+        print(f"Dask LocalCluster: 1 worker {dask[1]:.0f} img/s, 2 workers {dask[2]:.0f} img/s "
+              f"(local processes: {f:.0f} img/s)")
+        print(f"capacity: {cells_per_core_s:.0f} cells/s per core -> "
+              f"{result['capacity']['cores_for_10k_patients_day_at_80_cells']:.2f} cores for "
+              f"10,000 patients a day at 80 cells each (features only, 24 h)")
     cells_dir = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
     try:
         from .features import run_features

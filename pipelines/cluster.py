@@ -122,9 +122,9 @@ def retried_keys(client, keys) -> list[str]:
         story = client.story(*keys, on_error="ignore")
     except Exception:  # an older scheduler without stories: nothing to report
         return []
+    # scheduler events read (source, key, start, finish, recommendations, stimulus, time)
     starts: dict[str, int] = {}
     for event in story:
-        key, finish = event[0], event[2]
-        if finish == "processing":
-            starts[key] = starts.get(key, 0) + 1
+        if len(event) > 3 and event[0] == "scheduler" and event[3] == "processing":
+            starts[event[1]] = starts.get(event[1], 0) + 1
     return sorted(k for k, n in starts.items() if n > 1)
