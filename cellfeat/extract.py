@@ -16,7 +16,8 @@ from .data import ImageReadError, read_image
 from .features import FEATURE_NAMES, MIN_REGION_PIXELS, REGISTRY, compute_features
 from .segment import CHANNELS, METHODS, STATUSES, segment_nucleus
 
-__all__ = ["CellFeatureExtractor", "measure_image", "failed_row", "nan_reason", "QC_COLUMN",
+__all__ = ["CellFeatureExtractor", "measure_image", "failed_row", "nan_reason", "nucleus_crop",
+           "QC_COLUMN",
            "DETAIL_COLUMN", "MIN_SIDE", "MAX_SIDE"]
 
 QC_COLUMN = "QC_STATUS"
@@ -45,6 +46,22 @@ def measure_image(image: np.ndarray, *, method: str = "otsu", channel: str = "st
         return failed_row(seg.status, names, STATUSES.get(seg.status, "")), seg
     feats = compute_features(image, seg, names)
     return {QC_COLUMN: "ok", DETAIL_COLUMN: nan_reason(feats), **feats}, seg
+
+
+def nucleus_crop(image: np.ndarray, seg, *, window: int = 96, size: int = 32) -> np.ndarray:
+    """A ``window``-pixel square centred on the nucleus centroid, resized to ``size``.
+
+    The window is fixed in pixels (not scaled to the nucleus) so cell size stays visible to
+    a CNN; parts outside the image are filled by reflection. Returns uint8 (size, size, 3).
+    """
+    import cv2
+
+    ys, xs = np.nonzero(seg.nucleus)
+    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    half = window // 2
+    padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT_101)
+    crop = padded[cy:cy + window, cx:cx + window]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def nan_reason(feats: dict) -> str:

@@ -51,7 +51,7 @@ _CHANNEL_INDEX = [(space, ch, k) for k, (space, ch) in enumerate(
 _CONVERSIONS = {"HSV": cv2.COLOR_RGB2HSV, "LAB": cv2.COLOR_RGB2LAB, "YCrCb": cv2.COLOR_RGB2YCrCb}
 GLCM_LEVELS = 16
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 3
+FEATURES_REVISION = 4
 MIN_REGION_PIXELS = 5
 
 

@@ -17,6 +17,8 @@ Candidates (:data:`CANDIDATES`, built by :func:`make_pipeline`)
 ``clinical+misvm-xgb``   MI-SVM instance scores (cross-fitted) stacked with clinical data
 ``gated-mixture``        clinical and image experts mixed by a gate on clinical data
                          (after Sahasrabudhe et al. 2021)
+``cnn``                  the CNN image expert alone (needs torch; :mod:`cellfeat.cnn`)
+``clinical+bags+cnn-xgb`` clinical + bag statistics of hand-crafted and CNN cell features
 
 Class imbalance is handled with class weights; the decision threshold is tuned for
 balanced accuracy by internal cross-validation on the training patients only.
@@ -43,14 +45,14 @@ from .mil import MISVM, InstanceScoreBagFeatures
 
 __all__ = ["cohort_frame", "ClinicalFeatures", "CellBagFeatures", "MILFeatures",
            "BalancedXGBClassifier", "GatedMixture", "make_pipeline", "CANDIDATES",
-           "CLINICAL_NAMES"]
+           "CNN_CANDIDATES", "available_candidates", "CLINICAL_NAMES"]
 
 CLINICAL_NAMES = ("Clinical_Age", "Clinical_LogLymphCount", "Clinical_GenderMale")
 PIXEL_SCORE = "Bag_Heterogeneity_PixelDispersion"
 
 
 def cohort_frame(clinical: pd.DataFrame, cells: pd.DataFrame,
-                 patients: pd.DataFrame | None = None) -> pd.DataFrame:
+                 patients: pd.DataFrame | None = None, crops: dict | None = None) -> pd.DataFrame:
     """Build the cohort frame from a clinical table (index ID) and a long cell table.
 
     Parameters
@@ -58,6 +60,9 @@ def cohort_frame(clinical: pd.DataFrame, cells: pd.DataFrame,
     clinical : DataFrame indexed by ID with AGE, LYMPH_COUNT, GENDER (and LABEL).
     cells : DataFrame with an ``ID`` column, ``QC_STATUS`` and feature columns.
     patients : DataFrame with ``ID`` and per-patient scores (e.g. pixel dispersion).
+    crops : dict of ID to uint8 array (n_cells, s, s, 3), optional
+        Nucleus-centred crops aligned with each patient's cell rows, for the CNN expert;
+        stored in a ``CROPS`` column.
 
     Returns
     -------
@@ -70,6 +75,9 @@ def cohort_frame(clinical: pd.DataFrame, cells: pd.DataFrame,
     empty = pd.DataFrame(columns=feature_cols)
     out = clinical.copy()
     out["CELLS"] = [groups.get(pid, empty) for pid in out.index]
+    if crops is not None:
+        none = np.zeros((0, 1, 1, 3), np.uint8)
+        out["CROPS"] = [crops.get(pid, none) for pid in out.index]
     if patients is not None and PIXEL_SCORE in patients:
         out[PIXEL_SCORE] = patients.set_index("ID")[PIXEL_SCORE].reindex(out.index).astype(float)
     return out
@@ -370,7 +378,17 @@ CANDIDATES = (
     "clinical+bags-logreg", "clinical+bags-xgb", "clinical+bags-lgbm",
     "clinical+misvm-xgb",
     "gated-mixture",
+    "cnn", "clinical+bags+cnn-xgb",
 )
+#: Candidates that need torch (the ``cnn`` extra).
+CNN_CANDIDATES = ("cnn", "clinical+bags+cnn-xgb")
+
+
+def available_candidates() -> tuple[str, ...]:
+    """:data:`CANDIDATES` that can run here (the CNN ones only when torch imports)."""
+    from .cnn import torch_available
+
+    return tuple(c for c in CANDIDATES if c not in CNN_CANDIDATES or torch_available())
 
 
 def make_pipeline(name: str, *, tuned: bool = True, threshold_cv: int = 3):
@@ -394,6 +412,19 @@ def make_pipeline(name: str, *, tuned: bool = True, threshold_cv: int = 3):
         raise ValueError(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
     if name == "gated-mixture":
         return Pipeline([("model", GatedMixture())])
+    if name == "cnn":
+        from .cnn import CNNExpert
+
+        return Pipeline([("model", CNNExpert())])
+    if name == "clinical+bags+cnn-xgb":
+        from .cnn import CNNEmbedding
+
+        clf = BalancedXGBClassifier()
+        if tuned:
+            clf = TunedThresholdClassifierCV(clf, scoring="balanced_accuracy", cv=threshold_cv,
+                                             random_state=0)
+        return Pipeline([("cnn", CNNEmbedding()), ("features", _features("clinical+bags")),
+                         ("model", clf)])
     inputs, kind = name.rsplit("-", 1)
     head = _head(kind)
     clf = Pipeline(head) if len(head) > 1 else head[0][1]

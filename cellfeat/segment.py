@@ -41,6 +41,7 @@ STATUSES = {
     "no_nucleus": "no stained component large enough near the centre",
     "touches_border": "the centred nucleus is cut by the image border",
     "several_candidates": "two large stained components compete for the centre",
+    "touching_nuclei": "the centred component is two nuclei touching (a waist between two cores)",
     "too_small": "image smaller than the minimum size",
 }
 
@@ -226,10 +227,40 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
                   and np.hypot(*(centroids[b] - (cx, cy))) < 0.2 * min(h, w)]
         if rivals:
             status = "several_candidates"
+        elif _two_touching(nucleus_u8, contour):
+            status = "touching_nuclei"
     cell = _cell_mask(hsv, nucleus_u8, contour)
     return Segmentation(nucleus=nucleus, cell=cell, roc=hull & ~nucleus, hull=hull,
                         contour=contour.reshape(-1, 2), hull_contour=hull_contour.reshape(-1, 2),
                         status=status, method=method, channel=channel, threshold=t)
+
+
+def _two_touching(nucleus_u8: np.ndarray, contour: np.ndarray) -> bool:
+    # Two touching nuclei make one component with two round cores joined by a waist: two
+    # maxima of the distance transform, far apart, of similar size, and a minimum between
+    # them well below both. A single lobed or notched nucleus has one dominant core.
+    x, y, w, h = cv2.boundingRect(contour)
+    crop = nucleus_u8[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1]
+    dist = cv2.distanceTransform(crop, cv2.DIST_L2, 5)
+    peak1 = float(dist.max())
+    if peak1 < 4:
+        return False
+    p1 = np.array(np.unravel_index(np.argmax(dist), dist.shape))
+    yy, xx = np.indices(dist.shape)
+    far = np.hypot(yy - p1[0], xx - p1[1]) > 1.5 * peak1
+    if not far.any():
+        return False
+    local_max = (dist == cv2.dilate(dist, np.ones((5, 5), np.uint8))) & far
+    if not local_max.any():
+        return False
+    cand = np.where(local_max, dist, 0)
+    p2 = np.array(np.unravel_index(np.argmax(cand), cand.shape))
+    peak2 = float(cand.max())
+    if peak2 < 0.6 * peak1:
+        return False
+    line = np.linspace(p1, p2, 50).round().astype(int)
+    neck = float(dist[line[:, 0], line[:, 1]].min())
+    return neck < 0.55 * peak2
 
 
 def _cell_mask(hsv: np.ndarray, nucleus_u8: np.ndarray, contour: np.ndarray) -> np.ndarray:

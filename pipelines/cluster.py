@@ -40,7 +40,7 @@ def connect(address: str):
 def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *,
                  mode: str = "shared", retries: int = 2, window: int | None = None,
                  submitted: list | None = None):
-    """Yield ``(cells, meta)`` per patient, in the order of ``patients``.
+    """Yield ``(cells, meta, crops)`` per patient, in the order of ``patients``.
 
     Parameters
     ----------

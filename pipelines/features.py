@@ -20,7 +20,7 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import Cohort, ImageReadError, decode_image
-from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image
+from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.heterogeneity import dispersion_from_sums
 
@@ -34,9 +34,12 @@ CELL_COLUMNS = ["ID", "FILE", QC_COLUMN, DETAIL_COLUMN, *FEATURE_NAMES]
 class FeatureSettings:
     method: str = "otsu"
     channel: str = "stain"
+    crop_window: int = 96
+    crop_size: int = 32
 
     def as_dict(self) -> dict:
-        return {"method": self.method, "channel": self.channel,
+        return {"method": self.method, "channel": self.channel, "crop_window": self.crop_window,
+                "crop_size": self.crop_size,
                 "features": list(FEATURE_NAMES), "revision": FEATURES_REVISION,
                 "columns": CELL_COLUMNS}
 
@@ -66,22 +69,27 @@ def patient_key(pid: str, names, blobs, settings: FeatureSettings) -> str:
 
 
 def cache_load(cache_dir: Path | None, key: str):
-    """The cached result for ``key``, or None. The .json is written last: its presence
-    means the .parquet beside it is complete; a damaged entry is recomputed."""
+    """The cached ``(cells, meta, crops)`` for ``key``, or None. The .json is written last:
+    its presence means the files beside it are complete; a damaged entry is recomputed."""
     if cache_dir is None or not (cache_dir / f"{key}.json").exists():
         return None
     try:
         return (pd.read_parquet(cache_dir / f"{key}.parquet"),
-                json.loads((cache_dir / f"{key}.json").read_text()))
+                json.loads((cache_dir / f"{key}.json").read_text()),
+                np.load(cache_dir / f"{key}.npy", allow_pickle=False))
     except (OSError, ValueError):
         return None
 
 
-def cache_store(cache_dir: Path | None, key: str, cells: pd.DataFrame, meta: dict) -> None:
+def cache_store(cache_dir: Path | None, key: str, cells: pd.DataFrame, meta: dict,
+                crops: np.ndarray) -> None:
     if cache_dir is None:
         return
     with atomic_path(cache_dir / f"{key}.parquet") as tmp:
         cells.to_parquet(tmp, index=False)
+    with atomic_path(cache_dir / f"{key}.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, crops, allow_pickle=False)
     with atomic_path(cache_dir / f"{key}.json") as tmp:
         tmp.write_text(json.dumps(meta))
 
@@ -90,7 +98,8 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
     """Features of one patient's images from their bytes (no file access: a task that can
     run anywhere)."""
     rows, n_px, total, total_sq, shape = [], 0, None, 0.0, None
-    for name, b in zip(names, blobs):
+    crops = np.zeros((len(names), settings.crop_size, settings.crop_size, 3), np.uint8)
+    for j, (name, b) in enumerate(zip(names, blobs)):
         if isinstance(b, Exception):
             row = failed_row(f"unreadable: {b}", FEATURE_NAMES)
         else:
@@ -99,7 +108,10 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
             except ImageReadError as exc:
                 row = failed_row(str(exc), FEATURE_NAMES)
             else:
-                row, _ = measure_image(image, method=settings.method, channel=settings.channel)
+                row, seg = measure_image(image, method=settings.method, channel=settings.channel)
+                if row[QC_COLUMN] == "ok":
+                    crops[j] = nucleus_crop(image, seg, window=settings.crop_window,
+                                            size=settings.crop_size)
                 # pixel dispersion over the patient's images of the first shape seen
                 shape = shape or image.shape
                 if image.shape == shape:
@@ -114,11 +126,11 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
     # the score is defined on pixel values / 255
     score = dispersion_from_sums(n_px, total / 255.0, total_sq / 255.0 ** 2) if n_px else None
     meta = {"ID": pid, PIXEL_SCORE: score, "N_PIXEL_IMAGES": n_px}
-    return cells, meta
+    return cells, meta, crops
 
 
 def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
-                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict]:
+                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Read, check the cache, compute, store: the task of the local and shared-path runs."""
     names = [Path(f).name for f in files]
     blobs = read_blobs(files)
@@ -126,9 +138,9 @@ def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
     hit = cache_load(cache_dir, key)
     if hit is not None:
         return hit
-    cells, meta = compute_patient(pid, names, blobs, settings)
-    cache_store(cache_dir, key, cells, meta)
-    return cells, meta
+    cells, meta, crops = compute_patient(pid, names, blobs, settings)
+    cache_store(cache_dir, key, cells, meta, crops)
+    return cells, meta, crops
 
 
 def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = FeatureSettings(),
@@ -137,7 +149,8 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     """Run the features stage over every patient folder of ``cohort``.
 
     Writes ``cells.parquet``, ``patients.parquet``, ``qc.csv``, ``issues.csv``,
-    ``settings.json`` and ``gallery.png`` under ``out_dir``; returns counts. With a Dask
+    ``settings.json``, ``gallery.png`` and ``crops/<ID>.npy`` (nucleus-centred crops, one per
+    cell row, zeros where QC failed) under ``out_dir``; returns counts. With a Dask
     ``client`` the per-patient tasks run on its cluster (see :mod:`pipelines.cluster`);
     otherwise on ``n_jobs`` local processes.
     """
@@ -168,7 +181,11 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     bar = tqdm(total=n_images, unit="img", desc="features", disable=not progress)
     cells_path = out_dir / "cells.parquet"
     with atomic_path(cells_path) as tmp:
-        for cells, meta in results:
+        crop_dir = out_dir / "crops"
+        crop_dir.mkdir(exist_ok=True)
+        for cells, meta, crops in results:
+            with atomic_path(crop_dir / f"{meta['ID']}.npy") as crop_tmp, open(crop_tmp, "wb") as f:
+                np.save(f, crops, allow_pickle=False)
             cells = cells.assign(**provenance)
             table = pa.Table.from_pandas(cells, preserve_index=False)
             if writer is None:

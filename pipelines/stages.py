@@ -92,7 +92,8 @@ def _cohort_frame(cohort: Cohort, feat_dir: Path) -> pd.DataFrame:
 
     cells = pd.read_parquet(feat_dir / "cells.parquet")
     patients = pd.read_parquet(feat_dir / "patients.parquet")
-    return cohort_frame(cohort.clinical, cells, patients)
+    crops = {p.stem: np.load(p, allow_pickle=False) for p in (feat_dir / "crops").glob("*.npy")}
+    return cohort_frame(cohort.clinical, cells, patients, crops=crops or None)
 
 
 def stage_train(args):
@@ -100,7 +101,9 @@ def stage_train(args):
 
     from cellfeat.evaluation import evaluate_candidates
     from cellfeat.mil import MISVM
-    from cellfeat.models import CANDIDATES, MILFeatures, make_pipeline
+    from cellfeat.cnn import torch_available
+    from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, MILFeatures, available_candidates,
+                                 make_pipeline)
 
     from .bundle import save_bundle
     from .report import write_report
@@ -113,10 +116,21 @@ def stage_train(args):
         raise StageError(f"{args.data}: need at least {args.folds} labelled patients of each "
                          f"class for {args.folds}-fold CV; found {lab['LABEL'].value_counts().to_dict()}")
     y = lab["LABEL"].astype(int).to_numpy()
-    names = args.candidates or list(CANDIDATES)
+    available = available_candidates()
+    if args.candidates:
+        names = list(args.candidates)
+    else:
+        names = [n for n in available if n not in CNN_CANDIDATES or getattr(args, "cnn", False)]
+        if not torch_available():
+            _log("  CNN candidates skipped: torch is not installed (pip install 'cellfeat[cnn]')")
+        elif not getattr(args, "cnn", False):
+            _log("  CNN candidates skipped: pass --cnn to include them")
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise StageError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise StageError(f"candidate(s) {missing} need torch: pip install 'cellfeat[cnn]'")
     candidates = {n: make_pipeline(n) for n in names}
     n_tasks = args.folds * args.repeats * len(names)
     _log(f"train: {len(names)} candidates x {args.repeats}x{args.folds}-fold CV "
@@ -265,7 +279,7 @@ def stage_demo(args):
     common = dict(data=data, reference_date="2020-01-01", features=d / "features",
                   method="otsu", jobs=-1, quiet=args.quiet, scheduler=None, dask_mode="shared")
     stage_train(SimpleNamespace(**common, model=d / "model.skops", report=d / "report",
-                                folds=5, repeats=2, candidates=None, seed=args.seed))
+                                folds=5, repeats=2, candidates=None, cnn=False, seed=args.seed))
     stage_score(SimpleNamespace(**common, model=d / "model.skops", out=d / "predictions.csv",
                                 all=False))
     metrics = json.loads((d / "report" / "metrics.json").read_text())

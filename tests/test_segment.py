@@ -54,7 +54,19 @@ def test_statuses():
     assert segment_nucleus(img).status == "several_candidates"
     assert segment_nucleus(np.zeros((16, 16, 3), np.uint8)).status == "too_small"
     assert set(STATUSES) >= {"ok", "blank_image", "touches_border", "several_candidates",
-                             "no_nucleus", "too_small"}
+                             "no_nucleus", "too_small", "touching_nuclei"}
+
+
+def test_touching_nuclei_vs_notched_nucleus():
+    # two discs of radius 26 whose centres are 50 px apart: a waist of half-width
+    # sqrt(26^2 - 25^2) = 7 px between two cores of radius 26
+    img = _disc_image(radius=26, centre=(87, 112))
+    cv2.circle(img, (137, 112), 26, (85, 45, 125), -1)
+    assert segment_nucleus(img).status == "touching_nuclei"
+    # one disc with a notch cut into it is a single (kidney-shaped) nucleus
+    kidney = _disc_image(radius=32)
+    cv2.circle(kidney, (112, 75), 14, (238, 222, 205), -1)
+    assert segment_nucleus(kidney).status == "ok"
 
 
 def test_no_nucleus_far_from_centre():
