@@ -62,7 +62,6 @@ def _as_bags(X) -> list[np.ndarray]:
 
 
 class _BaseMISVM(ClassifierMixin, BaseEstimator):
-    _instance_level = False
 
     def __init__(self, *, kernel="linear", C=1.0, gamma=None, n_components=300, max_iters=20,
                  restarts=0, class_weight="balanced", standardize=True, random_state=None):
@@ -300,8 +299,6 @@ class miSVM(_BaseMISVM):
     >>> float((miSVM(random_state=0).fit(bags, y).predict(bags) == y).mean())
     1.0
     """
-
-    _instance_level = True
 
     def _heuristic(self, Z, bag_of, starts, sizes, pos, rng, restart):
         in_pos = pos[bag_of]

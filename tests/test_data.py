@@ -191,3 +191,16 @@ def test_random_csv_rows_are_loaded_or_reported(tmp_path_factory, rows):
         assert pd.notna(r["GENDER"]) or "unknown_gender" in reported
         assert pd.notna(r["AGE"]) or reported & {"bad_dob", "bad_age"}
         assert pd.notna(r["LYMPH_COUNT"]) or "bad_lymph_count" in reported
+
+
+def test_read_image_palette_and_cmyk(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:, :15] = (200, 30, 40)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png")[0, 0].tolist() == [200, 30, 40]
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    back = read_image(tmp_path / "c.jpg")
+    assert back.shape == (20, 30, 3)
+    assert np.abs(back[5, 5].astype(int) - [200, 30, 40]).max() < 30  # lossy, but faithful

@@ -32,3 +32,17 @@ def test_subset_and_validation():
         CellFeatureExtractor(features=["Nope"]).fit()
     with pytest.raises(ValueError, match="method"):
         CellFeatureExtractor(method="x").fit()
+
+
+def test_sizes_are_never_stretched():
+    from cellfeat.extract import measure_image
+
+    huge = np.full((3000, 2500, 3), 230, np.uint8)
+    row, seg = measure_image(huge)
+    assert row["QC_STATUS"].startswith("rejected") and seg is None
+    rng = np.random.default_rng(3)
+    img, nucleus, _ = draw_cell(rng, sample_patient(rng, 1))
+    small = img[62:162, 62:162]  # a 100x100 crop around the cell, processed as it is
+    row, seg = measure_image(small)
+    assert row["QC_STATUS"] == "ok" and seg.nucleus.shape == (100, 100)
+    assert abs(row["Nucleus_Shape_Area"] - nucleus.sum()) / nucleus.sum() < 0.1

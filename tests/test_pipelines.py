@@ -182,3 +182,12 @@ def test_bundle_with_untrusted_type_is_refused(tmp_path):
     sio.dump({"format": 1, "pipeline": StageError("x")}, tmp_path / "evil.skops")
     with pytest.raises(StageError, match="outside the trusted list"):
         load_bundle(tmp_path / "evil.skops")
+
+
+def test_bundle_from_other_version_is_refused(trained, monkeypatch):
+    import pipelines.bundle as bundle
+    from pipelines.io import StageError
+
+    monkeypatch.setattr(bundle.cellfeat, "__version__", "9.0.0")
+    with pytest.raises(StageError, match="made by cellfeat 0.1.0, this is 9.0.0"):
+        bundle.load_bundle(trained / "m.skops")
