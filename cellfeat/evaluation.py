@@ -152,7 +152,7 @@ def evaluate_candidates(candidates: dict, X: pd.DataFrame, y, *, folds: int = 5,
     if nested:
         res.proba["nested"] = np.full((repeats, len(y)), np.nan)
         res.pred["nested"] = np.full((repeats, len(y)), -1)
-        for k, (tr, te) in enumerate(outer):
+        for k, (_, te) in enumerate(outer):
             fs = res.fold_scores[res.fold_scores["split"] == k]
             best = fs.sort_values("inner_balanced_accuracy", ascending=False,
                                   kind="stable").iloc[0]["candidate"]

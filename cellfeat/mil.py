@@ -307,10 +307,10 @@ class miSVM(_BaseMISVM):
             labels[in_pos] = np.where(rng.random(in_pos.sum()) < 0.5, 1.0, -1.0)
         pos_bags = np.flatnonzero(pos)
         model = None
+        scores = rng.random(len(Z))  # before the first fit, a random witness per bag
         for it in range(1, self.max_iters + 1):
             if restart > 0 or it > 1:
-                self._force_witness(labels, scores if it > 1 else rng.random(len(Z)),
-                                    starts, sizes, pos_bags)
+                self._force_witness(labels, scores, starts, sizes, pos_bags)
             model = self._svm(int(rng.integers(2**31 - 1))).fit(Z, labels)
             scores = model.decision_function(Z)
             new = labels.copy()

@@ -122,6 +122,36 @@ def bench_dask(cohort, workers: int) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def bench_segmentation(n_train=30, seed=0) -> dict:
+    """Nucleus IoU against the synthetic ground truth, and ms per image, per method."""
+    import cv2
+
+    from cellfeat.data import load_cohort, read_image
+    from cellfeat.segment import METHODS, segment_nucleus
+    from cellfeat.synthetic import mask_paths, write_cohort
+
+    root = Path(tempfile.mkdtemp(prefix="cellfeat-bench-")) / "syn"
+    try:
+        write_cohort(root, n_train=n_train, n_test=0, seed=seed)
+        c = load_cohort(root)
+        items = [(pid, f, c.clinical.loc[pid, "SPLIT"]) for pid, fs in c.images.items() for f in fs]
+        images = [read_image(f) for _, f, _ in items]
+        truth = [cv2.imread(str(mask_paths(root, sp, pid, f.name)[0]), 0) > 0
+                 for pid, f, sp in items]
+        out = {"images": len(images)}
+        for method in METHODS:
+            t0 = time.perf_counter()
+            segs = [segment_nucleus(im, method) for im in images]
+            ms = 1000 * (time.perf_counter() - t0) / len(images)
+            iou = np.array([(s.nucleus & g).sum() / max((s.nucleus | g).sum(), 1)
+                            for s, g in zip(segs, truth)])
+            out[method] = {"iou_median": float(np.median(iou)), "iou_p5": float(np.percentile(iou, 5)),
+                           "ok_share": float(np.mean([s.ok for s in segs])), "ms_per_image": ms}
+        return out
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
 def bench_mil(cells_path, repeats):
     import pandas as pd
 
@@ -168,6 +198,13 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("build/bench.json"))
     p.add_argument("--no-dask", action="store_true", help="skip the Dask throughput runs")
     args = p.parse_args(argv)
+    seg = bench_segmentation()
+    print(f"segmentation on {seg['images']} synthetic images (nucleus IoU vs ground truth):")
+    print(f"  {'method':8s} {'median':>7s} {'5th pct':>8s} {'ok':>6s} {'ms/img':>7s}")
+    for m in ("otsu", "kmeans"):
+        r = seg[m]
+        print(f"  {m:8s} {r['iou_median']:7.3f} {r['iou_p5']:8.3f} {r['ok_share']:6.1%} "
+              f"{r['ms_per_image']:7.2f}")
     train = args.data / "trainset"
     if not train.is_dir():
         print(f"error: {train} not found; pass --data pointing at the challenge layout",
@@ -186,7 +223,8 @@ def main(argv=None):
         print(f"  run {r + 1}: decode {dec[-1]:.0f} img/s, features {ips:.0f} img/s, "
               f"peak RSS {peak / 2**20:.0f} MiB")
     d, f = float(np.median(dec)), float(np.median(feat))
-    result = {"images": n, "jobs": args.jobs, "decode_img_s": d, "features_img_s": f,
+    result = {"segmentation": seg, "images": n, "jobs": args.jobs, "decode_img_s": d,
+              "features_img_s": f,
               "slowdown_vs_decode": d / f, "features_peak_rss_mib": float(np.median(peaks)) / 2**20}
     print(f"decode only     {d:8.0f} img/s")
     print(f"feature stage   {f:8.0f} img/s   ({d / f:.2f}x the decode-only time; target <= 2x)")

@@ -17,7 +17,7 @@ from cellfeat.extract import QC_COLUMN
 from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
-from .io import StageError, write_csv, write_text
+from .io import StageError, write_csv
 
 
 def _log(*a):

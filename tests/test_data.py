@@ -185,7 +185,7 @@ def test_random_csv_rows_are_loaded_or_reported(tmp_path_factory, rows):
         assert "LABEL" in str(exc)
         return
     assert list(c.clinical.index) == [f"P{i}" for i in range(len(rows))]
-    for i, (lab, g, dob, cnt) in enumerate(rows):
+    for i in range(len(rows)):
         r = c.clinical.loc[f"P{i}"]
         reported = set(c.issues.loc[c.issues["patient"] == f"P{i}", "kind"])
         assert pd.notna(r["GENDER"]) or "unknown_gender" in reported
