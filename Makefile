@@ -36,20 +36,24 @@ demo: $(STAMP) ## synthetic cohort -> features -> train -> score; prints the CV 
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-synthetic: $(DATA)/.synthetic ## write the built-in synthetic cohort to DATA (default build/synthetic)
+synthetic: build/synthetic/.synthetic ## write the built-in synthetic cohort to build/synthetic
 
 build/synthetic/.synthetic: | $(STAMP)
 	$(BIN)/cellfeat synthetic build/synthetic
 	@touch $@
 
+ENSURE_DATA = @if [ "$(DATA)" = "build/synthetic" ]; then $(MAKE) --no-print-directory synthetic; fi
+
 features: $(STAMP) ## per-cell features of DATA into FEATURES (cached, resumable)
-	@if [ "$(DATA)" = "build/synthetic" ]; then $(MAKE) --no-print-directory synthetic; fi
+	$(ENSURE_DATA)
 	$(BIN)/cellfeat features $(DATA) --features $(FEATURES) $(ARGS)
 
 train: $(STAMP) ## cross-validate the candidates on DATA's labelled patients, save MODEL and a report
+	$(ENSURE_DATA)
 	$(BIN)/cellfeat train $(DATA) --features $(FEATURES) --model $(MODEL) $(if $(REPORT),--report $(REPORT)) $(ARGS)
 
 score: $(STAMP) ## score DATA's unlabelled patients with MODEL into OUT (+ submission, montages)
+	$(ENSURE_DATA)
 	$(BIN)/cellfeat score $(DATA) --features $(FEATURES) --model $(MODEL) --out $(OUT) $(ARGS)
 
 bench: $(STAMP) ## speed/memory benchmark on ../shared/data/dlmi (features vs decode, MIL fits)

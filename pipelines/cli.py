@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "montage PNG per patient.")
     _cohort_arg(p)
     _features_args(p)
-    p.add_argument("--model", type=Path, default=Path("models/cellfeat.skops"))
-    p.add_argument("--out", type=Path, default=Path("build/predictions.csv"))
+    p.add_argument("--model", type=Path, default=Path("models/cellfeat.skops"),
+                   help="model bundle written by `cellfeat train` (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("build/predictions.csv"),
+                   help="predictions CSV; <OUT>_submission.csv and <OUT>_montages/ go beside "
+                   "it (default: %(default)s)")
     p.add_argument("--all", action="store_true", help="score labelled patients too")
 
     p = sub.add_parser("demo", help="synthetic cohort -> features -> train -> score",
