@@ -10,7 +10,13 @@ import pandas as pd
 
 from .io import write_text
 
-GROUPS = {"clinical only": "clinical-", "image only": "bags-", "clinical + image": "clinical+"}
+def group_of(name: str) -> str:
+    """Which inputs a candidate uses: clinical only, image only, or both."""
+    if name.startswith("clinical-"):
+        return "clinical only"
+    if name.startswith("bags-") or name == "cnn":
+        return "image only"
+    return "clinical + image"
 
 
 def _plt():
@@ -113,7 +119,7 @@ def _groups_plot(summary, path):
     rows = summary.drop(index="nested", errors="ignore")
     colours = {"clinical only": "tab:gray", "image only": "tab:blue", "clinical + image": "tab:green"}
     for i, (name, r) in enumerate(rows.iterrows()):
-        group = next((g for g, pre in GROUPS.items() if name.startswith(pre)), "clinical + image")
+        group = group_of(name)
         ax.errorbar(i, r["balanced_accuracy"], yerr=[[r["balanced_accuracy"] - r["balanced_accuracy_ci_low"]],
                     [r["balanced_accuracy_ci_high"] - r["balanced_accuracy"]]], fmt="o",
                     color=colours[group], label=group)
