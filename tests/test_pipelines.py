@@ -191,3 +191,13 @@ def test_bundle_from_other_version_is_refused(trained, monkeypatch):
     monkeypatch.setattr(bundle.cellfeat, "__version__", "9.0.0")
     with pytest.raises(StageError, match="made by cellfeat 0.1.0, this is 9.0.0"):
         bundle.load_bundle(trained / "m.skops")
+
+
+def test_score_all_lists_every_clinical_row_once(synthetic_root, trained, tmp_path):
+    out = tmp_path / "all.csv"
+    assert main(["--quiet", "score", str(synthetic_root), "--features", str(trained / "f"),
+                 "--model", str(trained / "m.skops"), "--jobs", "1", "--all",
+                 "--out", str(out)]) == 0
+    pred = pd.read_csv(out)
+    assert sorted(pred["ID"]) == sorted(load_cohort(synthetic_root).clinical.index)
+    assert pred["STATUS"].notna().all()
