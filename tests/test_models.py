@@ -6,27 +6,38 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 
-from cellfeat.data import load_cohort
+from cellfeat.data import load_cohort, read_image
 from cellfeat.evaluation import binary_metrics, bootstrap_ci, evaluate_candidates
-from cellfeat.extract import CellFeatureExtractor
-from cellfeat.models import CANDIDATES, ClinicalFeatures, cohort_frame, make_pipeline
+from cellfeat.extract import CellFeatureExtractor, nucleus_crop
+from cellfeat.models import (CANDIDATES, ClinicalFeatures, available_candidates, cohort_frame,
+                             make_pipeline)
+from cellfeat.segment import segment_nucleus
 
 
 @pytest.fixture(scope="module")
 def frame(synthetic_root):
     c = load_cohort(synthetic_root)
-    rows = []
+    rows, crops = [], {}
     ex = CellFeatureExtractor().fit()
     for pid, files in c.images.items():
         t = ex.transform(files)
         t.insert(0, "ID", pid)
         rows.append(t)
+        patch = np.zeros((len(files), 32, 32, 3), np.uint8)
+        for j, f in enumerate(files):
+            img = read_image(f)
+            seg = segment_nucleus(img)
+            if seg.ok:
+                patch[j] = nucleus_crop(img, seg)
+        crops[pid] = patch
     cells = pd.concat(rows, ignore_index=True)
-    return cohort_frame(c.clinical, cells).loc[c.labelled]
+    return cohort_frame(c.clinical, cells, crops=crops).loc[c.labelled]
 
 
 @pytest.mark.parametrize("name", CANDIDATES)
 def test_candidates_fit_predict_clone(frame, name):
+    if name not in available_candidates():
+        pytest.skip(f"{name} needs torch")
     y = frame["LABEL"].astype(int).to_numpy()
     pipe = make_pipeline(name)
     fitted = clone(pipe).fit(frame, y)
