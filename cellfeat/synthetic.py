@@ -9,7 +9,8 @@ neighbouring white cell cut by the border, and per-smear stain drift.
 The class signal follows what haematologists look for. Tumoral (CLL-like) patients'
 lymphocytes are homogeneous: similar small, round, dense nuclei with a thin rim of
 cytoplasm. Reactive patients' lymphocytes are heterogeneous: varied sizes, irregular or
-paler nuclei, wider and sometimes deep-blue cytoplasm. Clinical attributes follow the real
+paler nuclei, wider and sometimes deep-blue cytoplasm. A share of tumoral patients (:data:`ATYPICAL_SHARE`) look reactive, so
+images alone are not enough either. Clinical attributes follow the real
 cohort (tumoral patients older, with higher, heavy-tailed lymphocyte counts) with enough
 overlap that the clinical data alone is not enough.
 
@@ -32,6 +33,8 @@ __all__ = ["CellParams", "PatientParams", "draw_cell", "sample_patient", "write_
            "mask_paths"]
 
 SIZE = 224
+#: Share of tumoral patients drawn with reactive-looking lymphocytes.
+ATYPICAL_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -65,20 +68,25 @@ def sample_patient(rng: np.random.Generator, label: int) -> PatientParams:
     """Draw one patient's parameters for ``label`` (0 reactive, 1 tumoral)."""
     stain = tuple(float(s) for s in rng.normal(1.0, 0.04, size=3))
     gender = "M" if rng.random() < (0.62 if label else 0.5) else "F"
+    # Some tumoral patients (atypical or prolymphocytic forms) look reactive under the
+    # microscope: their images alone mislead, their clinical data does not.
+    reactive_look = label == 0 or rng.random() < ATYPICAL_SHARE
     if label == 1:
         age = float(np.clip(rng.normal(71, 11), 35, 97))
         count = float(np.exp(rng.normal(np.log(14.0), 1.0)))
+    else:
+        age = float(np.clip(rng.normal(55, 17), 18, 95))
+        count = float(np.exp(rng.normal(np.log(7.0), 0.45)))
+    if not reactive_look:
         return PatientParams(
-            label=1, nucleus_radius=rng.uniform(24, 30), radius_spread=rng.uniform(1.0, 2.2),
-            irregularity=rng.uniform(0.01, 0.05), rim=(2.0, rng.uniform(4.0, 7.0)),
-            pale_share=rng.uniform(0.0, 0.08), deep_blue_share=0.0, stain=stain,
+            label=1, nucleus_radius=rng.uniform(24, 30), radius_spread=rng.uniform(1.0, 2.8),
+            irregularity=rng.uniform(0.01, 0.06), rim=(2.0, rng.uniform(4.0, 8.0)),
+            pale_share=rng.uniform(0.0, 0.1), deep_blue_share=0.0, stain=stain,
             age=age, lymph_count=max(count, 3.0), gender=gender)
-    age = float(np.clip(rng.normal(55, 17), 18, 95))
-    count = float(np.exp(rng.normal(np.log(7.0), 0.45)))
     return PatientParams(
-        label=0, nucleus_radius=rng.uniform(25, 32), radius_spread=rng.uniform(3.0, 6.0),
-        irregularity=rng.uniform(0.04, 0.10), rim=(3.0, rng.uniform(8.0, 18.0)),
-        pale_share=rng.uniform(0.1, 0.4), deep_blue_share=rng.uniform(0.05, 0.3), stain=stain,
+        label=label, nucleus_radius=rng.uniform(25, 32), radius_spread=rng.uniform(2.0, 5.5),
+        irregularity=rng.uniform(0.03, 0.09), rim=(3.0, rng.uniform(6.0, 16.0)),
+        pale_share=rng.uniform(0.05, 0.35), deep_blue_share=rng.uniform(0.0, 0.25), stain=stain,
         age=age, lymph_count=max(count, 3.0), gender=gender)
 
 
