@@ -56,8 +56,8 @@ def nucleus_crop(image: np.ndarray, seg, *, window: int = 96, size: int = 32) ->
     """
     import cv2
 
-    ys, xs = np.nonzero(seg.nucleus)
-    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    m = cv2.moments(seg.nucleus.view(np.uint8), binaryImage=True)
+    cy, cx = int(round(m["m01"] / m["m00"])), int(round(m["m10"] / m["m00"]))
     half = window // 2
     padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT_101)
     crop = padded[cy:cy + window, cx:cx + window]

@@ -227,7 +227,10 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
                   and np.hypot(*(centroids[b] - (cx, cy))) < 0.2 * min(h, w)]
         if rivals:
             status = "several_candidates"
-        elif _two_touching(nucleus_u8, contour):
+        # two touching round nuclei are far from convex (solidity ~0.9 at most): skip the
+        # distance-transform test for the common, convex case
+        elif (cv2.contourArea(contour) < 0.93 * cv2.contourArea(hull_contour)
+              and _two_touching(nucleus_u8, contour)):
             status = "touching_nuclei"
     cell = _cell_mask(hsv, nucleus_u8, contour)
     return Segmentation(nucleus=nucleus, cell=cell, roc=hull & ~nucleus, hull=hull,

@@ -117,7 +117,10 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
                 if image.shape == shape:
                     # exact integer sums; float32 for the dot product (BLAS), in 0-255 units
                     flat = image.reshape(-1)
-                    total = flat.astype(np.int64) if total is None else total + flat
+                    if total is None:
+                        total = flat.astype(np.int64)
+                    else:
+                        np.add(total, flat, out=total)
                     q = flat.astype(np.float32)
                     total_sq += float(np.dot(q, q))
                     n_px += 1
