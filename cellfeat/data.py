@@ -324,7 +324,7 @@ def _read_clinical_csv(csv: Path, reference_date: str, issues: list) -> pd.DataF
         seen[pid] = line
         rows.append({
             "ID": pid,
-            "LABEL": _parse_label(rec.get("LABEL", ""), where, pid, csv),
+            "LABEL": _parse_label(rec.get("LABEL", ""), f"{csv} line {line}", pid),
             "GENDER": _parse_gender(rec["GENDER"], where, pid, issues),
             "AGE": _parse_age(rec, reference_date, where, pid, issues),
             "LYMPH_COUNT": _parse_count(rec["LYMPH_COUNT"], where, pid, issues),
@@ -338,14 +338,14 @@ def _read_clinical_csv(csv: Path, reference_date: str, issues: list) -> pd.DataF
     return table
 
 
-def _parse_label(value: str, where: str, pid: str, csv: Path):
+def _parse_label(value: str, where: str, pid: str):
     text = str(value).strip()
     if text in ("", "-1", "-1.0", "NA", "nan"):
         return pd.NA
     if text in ("0", "1", "0.0", "1.0"):
         return int(float(text))
-    raise CohortError(f"{csv} {where.split(' ', 1)[1]}: LABEL {text!r} for {pid} is not "
-                      f"0 (reactive), 1 (tumoral) or -1/empty (unknown)")
+    raise CohortError(f"{where}: LABEL {text!r} for {pid} is not 0 (reactive), 1 (tumoral) "
+                      f"or -1/empty (unknown)")
 
 
 def _parse_gender(value: str, where: str, pid: str, issues: list):

@@ -202,6 +202,14 @@ class MILFeatures(TransformerMixin, BaseEstimator):
         bags, has = self._bags(X)
         return self._wrap(X, has, self.stack_.transform(bags) if bags else np.empty((0, 4)))
 
+    def cell_scores(self, X) -> list[np.ndarray]:
+        """Each patient's MI-SVM cell scores, aligned with its usable (QC "ok") cell rows;
+        an empty array for a patient without usable cells. High = tumoral-looking."""
+        check_is_fitted(self, "stack_")
+        bags, has = self._bags(X)
+        scores = iter(self.stack_.estimator_.instance_decision_function(bags) if bags else [])
+        return [next(scores) if h else np.empty(0) for h in has]
+
     def get_feature_names_out(self, input_features=None):
         return np.asarray(InstanceScoreBagFeatures.names, dtype=object)
 

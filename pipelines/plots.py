@@ -96,9 +96,7 @@ def patient_montages(cohort, frame, explainer, pred, out_dir, *, method="otsu", 
         ok = np.flatnonzero((cells["QC_STATUS"] == "ok").to_numpy())
         if not len(ok):
             continue
-        sub = frame.loc[[pid]]
-        bags, has = explainer._bags(sub)
-        scores = explainer.stack_.estimator_.instance_decision_function(bags)[0]
+        scores = explainer.cell_scores(frame.loc[[pid]])[0]
         tumoral = row["LABEL"] == 1 if not pd.isna(row["LABEL"]) else True
         order = np.argsort(-scores if tumoral else scores)[:k]
         tiles, titles = [], []

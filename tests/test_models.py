@@ -86,3 +86,16 @@ def test_evaluate_candidates_nested(frame):
     assert set(s.index) == {"clinical-logreg", "bags-logreg", "nested"}
     assert (res.pred["nested"] >= 0).all() and len(res.chosen) == 3
     assert s.loc["bags-logreg", "balanced_accuracy"] > 0.7  # synthetic image signal
+
+
+def test_mil_cell_scores_align_with_usable_cells(frame):
+    from cellfeat.models import MILFeatures
+
+    y = frame["LABEL"].astype(int).to_numpy()
+    mil = MILFeatures().fit(frame, y)
+    scores = mil.cell_scores(frame)
+    for cells, s in zip(frame["CELLS"], scores):
+        assert len(s) == int((cells["QC_STATUS"] == "ok").sum())
+    # tumoral patients' most tumoral-looking cell scores higher on average
+    top = np.array([s.max() for s in scores])
+    assert top[y == 1].mean() > top[y == 0].mean()
