@@ -424,19 +424,15 @@ def make_pipeline(name: str, *, tuned: bool = True, threshold_cv: int = 3):
         from .cnn import CNNExpert
 
         return Pipeline([("model", CNNExpert())])
-    if name == "clinical+bags+cnn-xgb":
-        from .cnn import CNNEmbedding
-
-        clf = BalancedXGBClassifier()
-        if tuned:
-            clf = TunedThresholdClassifierCV(clf, scoring="balanced_accuracy", cv=threshold_cv,
-                                             random_state=0)
-        return Pipeline([("cnn", CNNEmbedding()), ("features", _features("clinical+bags")),
-                         ("model", clf)])
     inputs, kind = name.rsplit("-", 1)
     head = _head(kind)
     clf = Pipeline(head) if len(head) > 1 else head[0][1]
     if tuned:
         clf = TunedThresholdClassifierCV(clf, scoring="balanced_accuracy", cv=threshold_cv,
                                          random_state=0)
-    return Pipeline([("features", _features(inputs)), ("model", clf)])
+    steps = [("features", _features(inputs)), ("model", clf)]
+    if "cnn" in inputs.split("+"):  # CNN cell embeddings join the cell tables first
+        from .cnn import CNNEmbedding
+
+        steps.insert(0, ("cnn", CNNEmbedding()))
+    return Pipeline(steps)

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .features import (FeatureSettings, cache_load, cache_store, compute_patient, patient_key,
-                       process_patient, read_blobs)
+from .features import FeatureSettings, cache_store, compute_patient, process_patient, read_patient
 
 
 def connect(address: str):
@@ -39,7 +38,7 @@ def connect(address: str):
 
 def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *,
                  mode: str = "shared", retries: int = 2, window: int | None = None,
-                 submitted: list | None = None):
+                 submitted: dict | None = None):
     """Yield ``(cells, meta, crops)`` per patient, in the order of ``patients``.
 
     Parameters
@@ -49,8 +48,9 @@ def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *
     mode : {"shared", "bytes"}
     window : int, optional
         Tasks in flight at once (default: 4 per worker thread).
-    submitted : list, optional
-        Receives the key of every task sent to the cluster (for :func:`retried_keys`).
+    submitted : dict, optional
+        Receives task key -> patient ID for every task sent to the cluster (for
+        :func:`retried_keys`).
     """
     import uuid
 
@@ -72,10 +72,7 @@ def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *
                 fut = client.submit(process_patient, pid, list(files), settings, cache_dir,
                                     retries=retries, key=f"patient-{pid}-{uuid.uuid4().hex[:8]}")
             else:
-                names = [Path(f).name for f in files]
-                blobs = read_blobs(files)
-                k = patient_key(pid, names, blobs, settings)
-                hit = cache_load(cache_dir, k)
+                k, names, blobs, hit = read_patient(pid, files, settings, cache_dir)
                 if hit is not None:
                     results[i] = hit
                     continue
@@ -84,9 +81,17 @@ def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *
                                     retries=retries, key=f"patient-{pid}-{uuid.uuid4().hex[:8]}")
             order[fut.key] = i
             if submitted is not None:
-                submitted.append(fut.key)
+                submitted[fut.key] = pid
             return fut
         return None
+
+    nxt = 0
+
+    def ready():  # the finished results that continue the patient order
+        nonlocal nxt
+        while nxt in results:
+            yield results.pop(nxt)
+            nxt += 1
 
     queue = as_completed()
     for _ in range(window):
@@ -94,10 +99,7 @@ def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *
         if fut is None:
             break
         queue.add(fut)
-    nxt = 0
-    while nxt in results:
-        yield results.pop(nxt)
-        nxt += 1
+    yield from ready()  # cache hits at the head of the list (bytes mode)
     for fut in queue:
         i = order[fut.key]
         res = fut.result()
@@ -108,12 +110,8 @@ def dask_results(client, patients, settings: FeatureSettings, cache_dir: Path, *
         new = submit()
         if new is not None:
             queue.add(new)
-        while nxt in results:
-            yield results.pop(nxt)
-            nxt += 1
-    while nxt in results:
-        yield results.pop(nxt)
-        nxt += 1
+        yield from ready()
+    yield from ready()  # cache hits after the last task (bytes mode)
 
 
 def retried_keys(client, keys) -> list[str]:

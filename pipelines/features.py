@@ -68,6 +68,12 @@ def patient_key(pid: str, names, blobs, settings: FeatureSettings) -> str:
     return f"{pid}-{key.hexdigest()[:24]}"
 
 
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write one array atomically, never pickled."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
 def cache_load(cache_dir: Path | None, key: str):
     """The cached ``(cells, meta, crops)`` for ``key``, or None. The .json is written last:
     its presence means the files beside it are complete; a damaged entry is recomputed."""
@@ -87,9 +93,7 @@ def cache_store(cache_dir: Path | None, key: str, cells: pd.DataFrame, meta: dic
         return
     with atomic_path(cache_dir / f"{key}.parquet") as tmp:
         cells.to_parquet(tmp, index=False)
-    with atomic_path(cache_dir / f"{key}.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, crops, allow_pickle=False)
+    save_npy(cache_dir / f"{key}.npy", crops)
     with atomic_path(cache_dir / f"{key}.json") as tmp:
         tmp.write_text(json.dumps(meta))
 
@@ -132,13 +136,21 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
     return cells, meta, crops
 
 
-def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
-                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Read, check the cache, compute, store: the task of the local and shared-path runs."""
+def read_patient(pid: str, files, settings: FeatureSettings, cache_dir: Path | None):
+    """Read one patient's files and look its work up in the cache.
+
+    Returns ``(key, names, blobs, hit)``; ``hit`` is the cached result or None.
+    """
     names = [Path(f).name for f in files]
     blobs = read_blobs(files)
     key = patient_key(pid, names, blobs, settings)
-    hit = cache_load(cache_dir, key)
+    return key, names, blobs, cache_load(cache_dir, key)
+
+
+def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
+                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict, np.ndarray]:
+    """Read, check the cache, compute, store: the task of the local and shared-path runs."""
+    key, names, blobs, hit = read_patient(pid, files, settings, cache_dir)
     if hit is not None:
         return hit
     cells, meta, crops = compute_patient(pid, names, blobs, settings)
@@ -168,7 +180,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     patients = [(pid, files) for pid, files in cohort.images.items() if files]
     n_images = sum(len(f) for _, f in patients)
     t0 = time.perf_counter()
-    submitted: list = []
+    submitted: dict = {}
     if client is not None:
         from .cluster import dask_results
 
@@ -187,8 +199,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
         crop_dir = out_dir / "crops"
         crop_dir.mkdir(exist_ok=True)
         for cells, meta, crops in results:
-            with atomic_path(crop_dir / f"{meta['ID']}.npy") as crop_tmp, open(crop_tmp, "wb") as f:
-                np.save(f, crops, allow_pickle=False)
+            save_npy(crop_dir / f"{meta['ID']}.npy", crops)
             cells = cells.assign(**provenance)
             table = pa.Table.from_pandas(cells, preserve_index=False)
             if writer is None:
@@ -224,7 +235,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     if client is not None:
         from .cluster import retried_keys
 
-        retried = [k[len("patient-"):].rsplit("-", 1)[0] for k in retried_keys(client, submitted)]
+        retried = [submitted[k] for k in retried_keys(client, list(submitted))]
     return {"patients": len(patients), "images": int(len(qc)), "by_status": counts,
             "seconds": elapsed, "images_per_s": len(qc) / elapsed if elapsed > 0 else np.nan,
             "retried": retried}
