@@ -56,11 +56,16 @@ def nucleus_crop(image: np.ndarray, seg, *, window: int = 96, size: int = 32) ->
     """
     import cv2
 
-    m = cv2.moments(seg.nucleus.view(np.uint8), binaryImage=True)
-    cy, cx = int(round(m["m01"] / m["m00"])), int(round(m["m10"] / m["m00"]))
+    x0, y0, x1, y1 = seg.box if seg.box is not None else (0, 0) + seg.nucleus.shape[::-1]
+    m = cv2.moments(seg.nucleus[y0:y1, x0:x1].view(np.uint8), binaryImage=True)
+    cy, cx = int(round(m["m01"] / m["m00"])) + y0, int(round(m["m10"] / m["m00"])) + x0
     half = window // 2
-    padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT_101)
-    crop = padded[cy:cy + window, cx:cx + window]
+    h, w = image.shape[:2]
+    if half <= cy <= h - window + half and half <= cx <= w - window + half:
+        crop = image[cy - half:cy - half + window, cx - half:cx - half + window]
+    else:  # only a window that leaves the image needs the (whole-image) reflected border
+        padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT_101)
+        crop = padded[cy:cy + window, cx:cx + window]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 

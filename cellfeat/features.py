@@ -51,7 +51,7 @@ _CHANNEL_INDEX = [(space, ch, k) for k, (space, ch) in enumerate(
 _CONVERSIONS = {"HSV": cv2.COLOR_RGB2HSV, "LAB": cv2.COLOR_RGB2LAB, "YCrCb": cv2.COLOR_RGB2YCrCb}
 GLCM_LEVELS = 16
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 4
+FEATURES_REVISION = 5
 MIN_REGION_PIXELS = 5
 
 
@@ -240,7 +240,11 @@ class CellMeasurements:
         if not seg.ok:
             raise ValueError(f"cannot measure a cell whose segmentation status is {seg.status!r}")
         h, w = seg.nucleus.shape
-        x, y, bw, bh = cv2.boundingRect((seg.cell | seg.hull).view(np.uint8))
+        if seg.box is not None:
+            x, y, x1, y1 = seg.box
+            bw, bh = x1 - x, y1 - y
+        else:
+            x, y, bw, bh = cv2.boundingRect((seg.cell | seg.hull).view(np.uint8))
         y0, y1 = max(y - margin, 0), min(y + bh + margin, h)
         x0, x1 = max(x - margin, 0), min(x + bw + margin, w)
         self.offset = (x0, y0)
@@ -292,23 +296,36 @@ class CellMeasurements:
         """The crop in RGB, HSV, LAB and YCrCb (uint8, OpenCV encodings), in that order."""
         return [self.rgb] + [cv2.cvtColor(self.rgb, c) for c in _CONVERSIONS.values()]
 
-    _REGIONS = ("nucleus", "hull", "roc", "cytoplasm")
-
     @cached_property
     def _stats(self) -> dict:
         # cv2.meanStdDev on the uint8 images under each mask: no float copies of the crop
-        # (about 4x cheaper than NumPy masking, measured on real cells). Population σ.
+        # (about 4x cheaper than NumPy masking, measured on real cells). Population σ. The
+        # hull is the disjoint union of nucleus and ROC: its moments are pooled from theirs.
         out = {}
-        for region in self._REGIONS:
+        counts = {}
+        for region in ("nucleus", "roc", "cytoplasm"):
             mask = np.ascontiguousarray(getattr(self, region)).view(np.uint8)
-            if cv2.countNonZero(mask) < MIN_REGION_PIXELS:
-                nan = np.full(12, np.nan)
-                out[region] = (nan, nan)
-                continue
-            stats = [cv2.meanStdDev(img, mask=mask) for img in self.colour_images]
-            out[region] = (np.concatenate([m.ravel() for m, _ in stats]),
-                           np.concatenate([sd.ravel() for _, sd in stats]))
+            counts[region] = n = cv2.countNonZero(mask)
+            out[region] = self._masked_stats(mask if n >= MIN_REGION_PIXELS else None)
+        n_n, n_r = counts["nucleus"], counts["roc"]
+        if n_n >= MIN_REGION_PIXELS and n_r >= MIN_REGION_PIXELS:
+            (m_n, s_n), (m_r, s_r) = out["nucleus"], out["roc"]
+            mean = (n_n * m_n + n_r * m_r) / (n_n + n_r)
+            sq = (n_n * (s_n ** 2 + m_n ** 2) + n_r * (s_r ** 2 + m_r ** 2)) / (n_n + n_r)
+            out["hull"] = (mean, np.sqrt(np.maximum(sq - mean ** 2, 0.0)))
+        else:
+            mask = np.ascontiguousarray(self.hull).view(np.uint8)
+            enough = cv2.countNonZero(mask) >= MIN_REGION_PIXELS
+            out["hull"] = self._masked_stats(mask if enough else None)
         return out
+
+    def _masked_stats(self, mask):
+        if mask is None:
+            nan = np.full(12, np.nan)
+            return nan, nan
+        stats = [cv2.meanStdDev(img, mask=mask) for img in self.colour_images]
+        return (np.concatenate([m.ravel() for m, _ in stats]),
+                np.concatenate([sd.ravel() for _, sd in stats]))
 
     def region_stats(self, region: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the 12 channels over a region's pixels (NaN when
@@ -345,16 +362,18 @@ class CellMeasurements:
 
 def _masked_glcm(gray: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     # Pixels outside the mask get level 0 and every pair touching level 0 is dropped, so
-    # only pairs of two region pixels count.
+    # only pairs of two region pixels count. Computed on the region's bounding box.
     from skimage.feature import graycomatrix
 
-    if np.count_nonzero(mask) < MIN_REGION_PIXELS:
+    mask_u8 = np.ascontiguousarray(mask).view(np.uint8)
+    if cv2.countNonZero(mask_u8) < MIN_REGION_PIXELS:
         return None
-    vals = gray[mask].astype(np.float32)
-    lo, hi = float(vals.min()), float(vals.max())
+    x, y, w, h = cv2.boundingRect(mask_u8)
+    gray, mask_u8 = gray[y:y + h, x:x + w], mask_u8[y:y + h, x:x + w]
+    lo, hi, _, _ = cv2.minMaxLoc(gray, mask_u8)
     scale = (GLCM_LEVELS - 1e-3) / (hi - lo) if hi > lo else 0.0
-    q = np.zeros(gray.shape, np.uint8)
-    q[mask] = 1 + ((vals - lo) * scale).astype(np.uint8)
+    lut = 1 + (np.arange(256, dtype=np.float32) - np.float32(lo)) * np.float32(scale)
+    q = np.clip(lut, 0, GLCM_LEVELS).astype(np.uint8)[gray] * mask_u8
     p = graycomatrix(q, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=GLCM_LEVELS + 1,
                      symmetric=True)[1:, 1:, 0, :].sum(axis=-1).astype(float)
     total = p.sum()

@@ -46,3 +46,27 @@ def test_sizes_are_never_stretched():
     row, seg = measure_image(small)
     assert row["QC_STATUS"] == "ok" and seg.nucleus.shape == (100, 100)
     assert abs(row["Nucleus_Shape_Area"] - nucleus.sum()) / nucleus.sum() < 0.1
+
+
+def test_nucleus_crop_inside_and_at_the_border():
+    import cv2
+
+    from cellfeat.extract import nucleus_crop
+    from cellfeat.segment import segment_nucleus
+
+    rng = np.random.default_rng(5)
+    img, _, _ = draw_cell(rng, sample_patient(rng, 1))
+
+    def reference(image, seg, window=96, size=32):  # always through a reflected border
+        m = cv2.moments(seg.nucleus.view(np.uint8), binaryImage=True)
+        cy, cx = int(round(m["m01"] / m["m00"])), int(round(m["m10"] / m["m00"]))
+        half = window // 2
+        padded = cv2.copyMakeBorder(image, half, half, half, half, cv2.BORDER_REFLECT_101)
+        return cv2.resize(padded[cy:cy + window, cx:cx + window], (size, size),
+                          interpolation=cv2.INTER_AREA)
+
+    seg = segment_nucleus(img)
+    assert seg.ok
+    for window in (96, 200):  # a window inside the image, then one leaving it
+        np.testing.assert_array_equal(nucleus_crop(img, seg, window=window),
+                                      reference(img, seg, window=window))

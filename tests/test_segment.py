@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cellfeat.data import load_cohort, read_image
-from cellfeat.segment import METHODS, STATUSES, segment_nucleus
+from cellfeat.segment import METHODS, STATUSES, segment_nucleus, threshold_otsu3
 from cellfeat.synthetic import mask_paths
 
 
@@ -83,6 +83,64 @@ def test_rejects_non_rgb8(bad):
 def test_unknown_method():
     with pytest.raises(ValueError, match="method"):
         segment_nucleus(_disc_image(), "watershed")
+
+
+
+def _mixture_hist(seed):
+    # background, red cells + cytoplasm, nucleus: three Gaussian bumps on 0..255
+    rng = np.random.default_rng(seed)
+    means = np.sort(rng.uniform(20, 235, 3))
+    sds, weights = rng.uniform(4, 25, 3), rng.dirichlet([4, 2, 1])
+    values = np.concatenate([rng.normal(m, s, int(60000 * w)) for m, s, w in
+                             zip(means, sds, weights)])
+    return np.bincount(np.clip(values.round(), 0, 255).astype(int), minlength=256)
+
+
+def _between_class(hist, t1, t2):
+    levels = np.arange(256)
+    total = 0.0
+    for cls in (levels <= t1, (levels > t1) & (levels <= t2), levels > t2):
+        p, m = hist[cls].sum(), (hist[cls] * levels[cls]).sum()
+        total += m * m / p if p else -np.inf
+    return total
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_otsu3_matches_exhaustive_search(seed):
+    # the coarse-to-fine search reaches the exhaustive optimum of the Otsu criterion; where
+    # the criterion is flat (overlapping classes) the thresholds may differ by a few levels
+    from skimage.filters import threshold_multiotsu
+
+    hist = _mixture_hist(seed).astype(float)
+    t1, t2 = threshold_otsu3(hist)
+    e1, e2 = threshold_multiotsu(hist=(hist, np.arange(256)), classes=3)
+    P, M = np.cumsum(hist), np.cumsum(hist * np.arange(256))  # exhaustive, all a < b
+    a, b = np.triu_indices(255, k=1)
+    parts = [(P[a], M[a]), (P[b] - P[a], M[b] - M[a]), (P[-1] - P[b], M[-1] - M[b])]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crit = sum(np.where(p > 0, m * m / p, -np.inf) for p, m in parts)
+    best = crit.max()
+    # between-class variance (times N): the criterion minus its constant part
+    const = (hist * np.arange(256)).sum() ** 2 / hist.sum()
+    assert _between_class(hist, t1, t2) - const >= 0.999 * (best - const)
+    assert _between_class(hist, e1, e2) <= best + 1e-9 * best
+
+
+def test_box_holds_every_mask(synthetic_root):
+    c = load_cohort(synthetic_root)
+    for f in [f for files in c.images.values() for f in files][:60]:
+        seg = segment_nucleus(read_image(f))
+        if not seg.ok:
+            continue
+        x0, y0, x1, y1 = seg.box
+        inside = np.zeros(seg.nucleus.shape, bool)
+        inside[y0:y1, x0:x1] = True
+        for mask in (seg.nucleus, seg.hull, seg.cell):
+            assert not (mask & ~inside).any()
+        # and the box is tight
+        union = seg.nucleus | seg.hull | seg.cell
+        assert union[y0].any() and union[y1 - 1].any()
+        assert union[:, x0].any() and union[:, x1 - 1].any()
 
 
 # ---------------------------------------------------------------- property-based
