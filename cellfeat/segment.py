@@ -326,10 +326,12 @@ def _cell_mask(hsv: np.ndarray, nucleus_u8: np.ndarray, contour: np.ndarray, off
     radius = max(3, int(np.sqrt(cv2.contourArea(contour) / np.pi)))
     x, y, bw, bh = cv2.boundingRect(contour)
     x, y = x + ox, y + oy
-    y0, y1 = max(y - radius - 2, 0), min(y + bh + radius + 2, h)
-    x0, x1 = max(x - radius - 2, 0), min(x + bw + radius + 2, w)
-    nuc = np.zeros((y1 - y0, x1 - x0), np.uint8)
     nh, nw = nucleus_u8.shape
+    # the band around the nucleus, and all of the nucleus crop (which may be larger when
+    # the final opening removed part of the thresholded component)
+    y0, y1 = max(min(y - radius - 2, oy), 0), min(max(y + bh + radius + 2, oy + nh), h)
+    x0, x1 = max(min(x - radius - 2, ox), 0), min(max(x + bw + radius + 2, ox + nw), w)
+    nuc = np.zeros((y1 - y0, x1 - x0), np.uint8)
     nuc[oy - y0:oy - y0 + nh, ox - x0:ox - x0 + nw] = nucleus_u8
     hue, sat = hsv[y0:y1, x0:x1, 0], hsv[y0:y1, x0:x1, 1]
     cyto = ((hue >= 95) & (hue <= 150) & (sat >= 20)).view(np.uint8)

@@ -187,3 +187,15 @@ def test_any_array_gets_a_documented_answer(raw, method):
     assert not np.isinf(values).any()
     if np.isnan(values).any():
         assert row["QC_DETAIL"]
+
+
+def test_component_trimmed_by_the_final_opening():
+    # a nucleus with a long thin tail: the tail survives the 3x3 opening of the mask but not
+    # the 5x5 opening of the nucleus, so the nucleus ends up much smaller than the component
+    img = np.full((224, 224, 3), (235, 215, 220), np.uint8)
+    cv2.circle(img, (112, 112), 22, (90, 40, 130), -1)
+    cv2.line(img, (112, 112), (215, 30), (90, 40, 130), 2)
+    seg = segment_nucleus(img)
+    assert seg.ok
+    assert abs(seg.nucleus.sum() - np.pi * 22 ** 2) < 0.05 * np.pi * 22 ** 2
+    assert seg.cell.sum() >= seg.nucleus.sum()
