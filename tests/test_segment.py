@@ -126,6 +126,15 @@ def test_otsu3_matches_exhaustive_search(seed):
     assert _between_class(hist, e1, e2) <= best + 1e-9 * best
 
 
+def test_otsu3_with_values_closer_than_the_grid():
+    hist = np.zeros(256)
+    hist[[100, 101, 125]] = [500, 400, 300]
+    t1, t2 = threshold_otsu3(hist)  # the only split: {100} | {101} | {125}
+    assert t1 == 100 and 101 <= t2 < 125
+    with pytest.raises(ValueError, match="three"):
+        threshold_otsu3(np.bincount([3, 3, 200], minlength=256))
+
+
 def test_box_holds_every_mask(synthetic_root):
     c = load_cohort(synthetic_root)
     for f in [f for files in c.images.values() for f in files][:60]:
