@@ -31,7 +31,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-__all__ = ["MISVM", "miSVM", "bags_from_table", "InstanceScoreBagFeatures"]
+__all__ = ["MISVM", "miSVM", "SIL", "bags_from_table", "InstanceScoreBagFeatures"]
 
 
 def bags_from_table(table: pd.DataFrame, bag_col: str = "ID", features=None):
@@ -329,6 +329,117 @@ class miSVM(_BaseMISVM):
                 labels[starts[b] + int(np.argmax(scores[sl]))] = 1.0
 
 
+class SIL(ClassifierMixin, BaseEstimator):
+    """Single-instance learning: every cell inherits its bag's label (Ray & Craven 2005).
+
+    The baseline that MIL methods are measured against, and a strong one when most cells
+    of a positive bag carry the signal (a tumoral population is mostly tumoral cells). Any
+    scikit-learn classifier learns the cells; each cell is weighted by 1/(size of its bag)
+    times a class weight, so every bag counts once whatever its size and, with
+    ``class_weight="balanced"``, both classes weigh the same. Named after ``misvm.SIL``;
+    unlike it, the instance learner is a parameter (e.g. gradient boosting, which is
+    nonlinear and costs O(n) in the number of cells).
+
+    Parameters
+    ----------
+    estimator : classifier, optional
+        Instance learner with ``sample_weight`` in ``fit`` and ``predict_proba`` or
+        ``decision_function``. Default: ``LogisticRegression(max_iter=1000)`` on
+        standardised features.
+    class_weight : "balanced", dict or None, default="balanced"
+        Weight of each class's bags; "balanced" gives both classes the same total weight.
+
+    Attributes
+    ----------
+    estimator_ : the fitted instance learner
+    classes_ : ndarray of shape (2,)
+
+    Notes
+    -----
+    Instance scores are the learner's log-odds for ``classes_[1]`` (or its decision
+    function); the bag score is their mean.
+    """
+
+    def __init__(self, estimator=None, *, class_weight="balanced"):
+        self.estimator = estimator
+        self.class_weight = class_weight
+
+    def fit(self, X, y):
+        if y is None:
+            raise ValueError("SIL requires y to be passed, but the target y is None")
+        bags = _as_bags(X)
+        y = column_or_1d(y, warn=True)
+        if len(y) != len(bags):
+            raise ValueError(f"{len(bags)} bags but {len(y)} labels")
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError(f"Only binary classification is supported. SIL needs two "
+                             f"classes; got {len(self.classes_)} classes")
+        if not (self.class_weight in ("balanced", None) or isinstance(self.class_weight, dict)):
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got "
+                             f"{self.class_weight!r}")
+        sizes = np.array([len(b) for b in bags])
+        if (sizes == 0).any():
+            raise ValueError(f"bag {int(np.flatnonzero(sizes == 0)[0])} is empty")
+        pos = (y == self.classes_[1]).astype(int)
+        bag_weight = np.ones(len(bags))
+        if self.class_weight == "balanced":
+            counts = np.bincount(pos, minlength=2)
+            bag_weight = len(bags) / (2 * counts[pos])
+        elif isinstance(self.class_weight, dict):
+            bag_weight = np.array([self.class_weight.get(c, 1.0) for c in self.classes_])[pos]
+        # instance weights sum to the bag weights: duplicating a bag's cells changes nothing
+        weight = np.repeat(bag_weight / sizes, sizes)
+        X_all = np.vstack(bags)
+        self.n_features_in_ = X_all.shape[1]
+        est = (clone(self.estimator) if self.estimator is not None else
+               _make_standardised_logreg())
+        # a Pipeline takes the weights in its last step
+        key = f"{est.steps[-1][0]}__sample_weight" if hasattr(est, "steps") else "sample_weight"
+        self.estimator_ = est.fit(X_all, np.repeat(pos, sizes), **{key: weight})
+        return self
+
+    def instance_decision_function(self, X) -> list[np.ndarray]:
+        """Every instance's score, one array per bag (log-odds of ``classes_[1]``)."""
+        check_is_fitted(self, "estimator_")
+        bags = _as_bags(X)
+        if bags[0].shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {bags[0].shape[1]} features, but SIL is expecting "
+                             f"{self.n_features_in_} features as input")
+        Z = np.vstack(bags)
+        if hasattr(self.estimator_, "decision_function"):
+            scores = self.estimator_.decision_function(Z)
+        else:
+            p = np.clip(self.estimator_.predict_proba(Z)[:, 1], 1e-12, 1 - 1e-12)
+            scores = np.log(p / (1 - p))
+        return np.split(np.asarray(scores, float), np.cumsum([len(b) for b in bags])[:-1])
+
+    def decision_function(self, X) -> np.ndarray:
+        """Bag score: the mean instance score."""
+        return np.array([s.mean() for s in self.instance_decision_function(X)])
+
+    def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Logistic map of the bag score (the mean log-odds; not calibrated)."""
+        p1 = 1 / (1 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1 - p1, p1])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+def _make_standardised_logreg():
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
 class InstanceScoreBagFeatures(TransformerMixin, BaseEstimator):
     """Stack a MIL SVM: bag features from its instance scores.
 
@@ -338,7 +449,7 @@ class InstanceScoreBagFeatures(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    estimator : MISVM or miSVM, optional (default ``MISVM()``)
+    estimator : MISVM, miSVM or SIL, optional (default ``MISVM()``)
     top_k : int, default=5
     cv : int, default=3
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cellfeat.mil import MISVM, InstanceScoreBagFeatures, bags_from_table, miSVM
+from cellfeat.mil import MISVM, SIL, InstanceScoreBagFeatures, bags_from_table, miSVM
 
 # A 2-D array is read as bags of one instance, so the checks see ordinary classifiers.
 EXPECTED_FAILED = {
@@ -19,6 +19,48 @@ EXPECTED_FAILED = {
                          expected_failed_checks=lambda e: EXPECTED_FAILED)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@parametrize_with_checks([SIL()], expected_failed_checks=lambda e: EXPECTED_FAILED)
+def test_sil_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def population_problem(n_bags=60, seed=0):
+    """Positive bags: most cells shifted along x0 (a population), negatives: noise."""
+    rng = np.random.default_rng(seed)
+    bags, y = [], []
+    for i in range(n_bags):
+        b = rng.normal(size=(rng.integers(5, 40), 4))
+        if i % 2:
+            b[rng.random(len(b)) < 0.7, 0] += 1.5
+        bags.append(b)
+        y.append(i % 2)
+    return bags, np.array(y)
+
+
+def test_sil_learns_populations_and_ignores_bag_size():
+    from lightgbm import LGBMClassifier
+
+    bags, y = population_problem()
+    for est in (None, LGBMClassifier(n_estimators=30, verbose=-1, random_state=0)):
+        clf = SIL(est).fit(bags, y)
+        assert (clf.predict(bags) == y).mean() >= 0.9
+        assert clf.predict_proba(bags).shape == (len(bags), 2)
+    # every bag weighs the same: repeating a bag's cells three times changes nothing
+    from sklearn.linear_model import LogisticRegression
+
+    tripled = [np.repeat(b, 3, axis=0) if i == 0 else b for i, b in enumerate(bags)]
+    sil = SIL(LogisticRegression(max_iter=1000, tol=1e-10))
+    a = sil.fit(bags, y).decision_function(bags)
+    b = sil.fit(tripled, y).decision_function(bags)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # with instance weights the repeated bag would pull the boundary: the control fails
+
+    def unweighted(bs):
+        return LogisticRegression(max_iter=1000).fit(
+            np.vstack(bs), np.repeat(y, [len(x) for x in bs])).decision_function(np.vstack(bags))
+    assert not np.allclose(unweighted(bags), unweighted(tripled), rtol=1e-4, atol=1e-4)
 
 
 def mil_problem(n_bags=60, size=(5, 15), d=6, witnesses=2, seed=0):
@@ -94,6 +136,10 @@ def test_stacking_features_are_cross_fitted():
 
 
 def test_errors():
+    with pytest.raises(ValueError, match="Only binary"):
+        SIL().fit([np.zeros((2, 2))] * 3, [0, 1, 2])
+    with pytest.raises(ValueError, match="class_weight"):
+        SIL(class_weight="x").fit([np.zeros((2, 2)), np.ones((2, 2))], [0, 1])
     with pytest.raises(ValueError, match="Only binary"):
         MISVM().fit([np.zeros((2, 2))] * 3, [0, 1, 2])
     with pytest.raises(ValueError, match="same number of features"):
