@@ -61,6 +61,38 @@ def _as_bags(X) -> list[np.ndarray]:
     return [X[i:i + 1] for i in range(len(X))]
 
 
+
+def _fit_input(est, X, y):
+    """Bags, labels and ``est.classes_`` (two classes) from the arguments of ``fit``."""
+    name = type(est).__name__
+    if y is None:
+        raise ValueError(f"{name} requires y to be passed, but the target y is None")
+    bags = _as_bags(X)
+    y = column_or_1d(y, warn=True)
+    if len(y) != len(bags):
+        raise ValueError(f"{len(bags)} bags but {len(y)} labels")
+    check_classification_targets(y)
+    est.classes_ = np.unique(y)
+    if len(est.classes_) != 2:
+        raise ValueError(f"Only binary classification is supported. {name} needs two "
+                         f"classes; got {len(est.classes_)} class(es)")
+    sizes = np.array([len(b) for b in bags])
+    if (sizes == 0).any():
+        raise ValueError(f"bag {int(np.flatnonzero(sizes == 0)[0])} is empty")
+    return bags, y, sizes
+
+
+def _predict_input(est, X) -> list[np.ndarray]:
+    bags = _as_bags(X)
+    if bags[0].shape[1] != est.n_features_in_:
+        raise ValueError(f"X has {bags[0].shape[1]} features, but {type(est).__name__} "
+                         f"is expecting {est.n_features_in_} features as input")
+    return bags
+
+
+def _per_bag(scores, bags) -> list[np.ndarray]:
+    return np.split(np.asarray(scores, float), np.cumsum([len(b) for b in bags])[:-1])
+
 class _BaseMISVM(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, kernel="linear", C=1.0, gamma=None, n_components=300, max_iters=20,
@@ -115,27 +147,12 @@ class _BaseMISVM(ClassifierMixin, BaseEstimator):
     # -- fitting -------------------------------------------------------------------
     def fit(self, X, y):
         """Fit on ``X`` (bags, see the module docstring) and bag labels ``y``."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
-        bags = _as_bags(X)
-        y = column_or_1d(y, warn=True)
-        if len(y) != len(bags):
-            raise ValueError(f"{len(bags)} bags but {len(y)} labels")
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        if len(self.classes_) > 2:
-            raise ValueError(f"Only binary classification is supported. MIL SVMs need two "
-                             f"classes; got {len(self.classes_)} classes")
-        if len(self.classes_) < 2:
-            raise ValueError("MIL SVMs need two classes; got 1 class")
+        bags, y, sizes = _fit_input(self, X, y)
         if self.C <= 0:
             raise ValueError("C must be positive")
         rng = np.random.default_rng(self.random_state)
         pos = y == self.classes_[1]
         self._set_class_weight(pos)
-        sizes = np.array([len(b) for b in bags])
-        if (sizes == 0).any():
-            raise ValueError(f"bag {int(np.flatnonzero(sizes == 0)[0])} is empty")
         X_all = np.vstack(bags)
         self.n_features_in_ = X_all.shape[1]
         Z = self._fit_map(X_all, rng)
@@ -162,12 +179,8 @@ class _BaseMISVM(ClassifierMixin, BaseEstimator):
         """Every instance's SVM score, one array per bag: the "which cells drive this call"
         evidence (positive = looks like a witness of ``classes_[1]``)."""
         check_is_fitted(self, "svm_")
-        bags = _as_bags(X)
-        if bags[0].shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {bags[0].shape[1]} features, but {type(self).__name__} "
-                             f"is expecting {self.n_features_in_} features as input")
-        scores = self.svm_.decision_function(self._map(np.vstack(bags)))
-        return np.split(scores, np.cumsum([len(b) for b in bags])[:-1])
+        bags = _predict_input(self, X)
+        return _per_bag(self.svm_.decision_function(self._map(np.vstack(bags))), bags)
 
     def decision_function(self, X) -> np.ndarray:
         """Bag score: the maximum instance score (a bag is positive if any cell is)."""
@@ -365,23 +378,10 @@ class SIL(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
 
     def fit(self, X, y):
-        if y is None:
-            raise ValueError("SIL requires y to be passed, but the target y is None")
-        bags = _as_bags(X)
-        y = column_or_1d(y, warn=True)
-        if len(y) != len(bags):
-            raise ValueError(f"{len(bags)} bags but {len(y)} labels")
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        if len(self.classes_) != 2:
-            raise ValueError(f"Only binary classification is supported. SIL needs two "
-                             f"classes; got {len(self.classes_)} classes")
+        bags, y, sizes = _fit_input(self, X, y)
         if not (self.class_weight in ("balanced", None) or isinstance(self.class_weight, dict)):
             raise ValueError(f"class_weight must be 'balanced', a dict or None, got "
                              f"{self.class_weight!r}")
-        sizes = np.array([len(b) for b in bags])
-        if (sizes == 0).any():
-            raise ValueError(f"bag {int(np.flatnonzero(sizes == 0)[0])} is empty")
         pos = (y == self.classes_[1]).astype(int)
         bag_weight = np.ones(len(bags))
         if self.class_weight == "balanced":
@@ -403,17 +403,14 @@ class SIL(ClassifierMixin, BaseEstimator):
     def instance_decision_function(self, X) -> list[np.ndarray]:
         """Every instance's score, one array per bag (log-odds of ``classes_[1]``)."""
         check_is_fitted(self, "estimator_")
-        bags = _as_bags(X)
-        if bags[0].shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {bags[0].shape[1]} features, but SIL is expecting "
-                             f"{self.n_features_in_} features as input")
+        bags = _predict_input(self, X)
         Z = np.vstack(bags)
         if hasattr(self.estimator_, "decision_function"):
             scores = self.estimator_.decision_function(Z)
         else:
             p = np.clip(self.estimator_.predict_proba(Z)[:, 1], 1e-12, 1 - 1e-12)
             scores = np.log(p / (1 - p))
-        return np.split(np.asarray(scores, float), np.cumsum([len(b) for b in bags])[:-1])
+        return _per_bag(scores, bags)
 
     def decision_function(self, X) -> np.ndarray:
         """Bag score: the mean instance score."""
