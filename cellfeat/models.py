@@ -15,8 +15,6 @@ Candidates (:data:`CANDIDATES`, built by :func:`make_pipeline`)
 ``bags-logreg|xgb|lgbm`` image only: bag statistics + heterogeneity scores
 ``clinical+bags-...``    both
 ``clinical+misvm-xgb``   MI-SVM instance scores (cross-fitted) stacked with clinical data
-``clinical+sil-xgb``     the same with single-instance learning: gradient-boosted trees on
-                         the cells, each cell carrying its patient's label (:class:`SIL`)
 ``gated-mixture``        clinical and image experts mixed by a gate on clinical data
                          (after Sahasrabudhe et al. 2021)
 ``cnn``                  the CNN image expert alone (needs torch; :mod:`cellfeat.cnn`)
@@ -43,7 +41,7 @@ from sklearn.utils.validation import check_is_fitted
 from .bags import BagAggregator
 from .extract import QC_COLUMN
 from .heterogeneity import HeterogeneityScores
-from .mil import MISVM, SIL, InstanceScoreBagFeatures
+from .mil import MISVM, InstanceScoreBagFeatures
 
 __all__ = ["cohort_frame", "ClinicalFeatures", "CellBagFeatures", "MILFeatures",
            "BalancedXGBClassifier", "GatedMixture", "make_pipeline", "CANDIDATES",
@@ -156,7 +154,9 @@ class MILFeatures(TransformerMixin, BaseEstimator):
 
     Usable cells' features are imputed with the training medians; a patient with no usable
     cell gets NaN scores. ``fit_transform`` is cross-fitted (see
-    :class:`InstanceScoreBagFeatures`)."""
+    :class:`InstanceScoreBagFeatures`). ``estimator`` is any bag classifier of
+    :mod:`cellfeat.mil` (default ``MISVM(random_state=0)``; ``SIL`` with a tree learner is
+    the single-instance baseline)."""
 
     def __init__(self, estimator=None, *, cv=3):
         self.estimator = estimator
@@ -360,15 +360,6 @@ def _lgbm():
                           n_jobs=1, verbose=-1)
 
 
-def _cell_lgbm():
-    # cells are many (~80 per patient) and noisy: shallow trees, subsampling, no tuning
-    from lightgbm import LGBMClassifier
-
-    return LGBMClassifier(n_estimators=100, learning_rate=0.05, num_leaves=15,
-                          min_child_samples=50, subsample=0.8, subsample_freq=1,
-                          colsample_bytree=0.5, random_state=0, n_jobs=1, verbose=-1)
-
-
 def _head(kind: str):
     if kind == "logreg":
         return [("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -389,8 +380,6 @@ def _features(inputs: str):
         parts.append(("bags", CellBagFeatures()))
     if "misvm" in tokens:
         parts.append(("misvm", MILFeatures(MISVM(C=0.1, random_state=0))))
-    if "sil" in tokens:
-        parts.append(("sil", MILFeatures(SIL(_cell_lgbm()))))
     return FeatureUnion(parts) if len(parts) > 1 else parts[0][1]
 
 
@@ -398,7 +387,7 @@ CANDIDATES = (
     "clinical-logreg",
     "bags-logreg", "bags-xgb", "bags-lgbm",
     "clinical+bags-logreg", "clinical+bags-xgb", "clinical+bags-lgbm",
-    "clinical+misvm-xgb", "clinical+sil-xgb",
+    "clinical+misvm-xgb",
     "gated-mixture",
     "cnn", "clinical+bags+cnn-xgb",
 )
