@@ -10,6 +10,8 @@ ratios compare like with like on a noisy shared machine:
   50 ms from /proc;
 * MI-SVM / mi-SVM fit time and peak allocated memory on the dev cells;
 * the feature stage through a Dask LocalCluster of 1 and 2 workers;
+* where one image's time goes, in one process with one OpenCV thread (as in a feature
+  task): read + decode, segmentation, features, CNN crop;
 * nucleus IoU of both segmentation methods on a synthetic cohort.
 
 Usage: ``python -m pipelines.bench [--data ../shared/data/dlmi] [--jobs 2] [--repeats 3]``
@@ -154,6 +156,37 @@ def bench_segmentation(n_train=30, seed=0) -> dict:
         shutil.rmtree(root.parent, ignore_errors=True)
 
 
+def bench_breakdown(cohort, repeats, every=10) -> dict:
+    """Median over ``repeats`` of the ms per image of each step of a feature task, on every
+    ``every``-th image, one process, one OpenCV thread."""
+    import cv2
+
+    from cellfeat.data import decode_image
+    from cellfeat.extract import nucleus_crop
+    from cellfeat.features import compute_features
+    from cellfeat.segment import segment_nucleus
+
+    cv2.setNumThreads(1)
+    files = [f for fs in cohort.images.values() for f in fs][::every]
+    steps = {"read_decode": [], "segmentation": [], "features": [], "crop": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        images = [decode_image(Path(f).read_bytes()) for f in files]
+        t1 = time.perf_counter()
+        segs = [segment_nucleus(im) for im in images]
+        t2 = time.perf_counter()
+        ok = [(im, s) for im, s in zip(images, segs) if s.ok]
+        for im, s in ok:
+            compute_features(im, s)
+        t3 = time.perf_counter()
+        for im, s in ok:
+            nucleus_crop(im, s)
+        t4 = time.perf_counter()
+        for key, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            steps[key].append(1000 * dt / len(files))
+    return {"images": len(files), **{k: float(np.median(v)) for k, v in steps.items()}}
+
+
 def bench_mil(cells_path, repeats):
     import pandas as pd
 
@@ -257,8 +290,15 @@ def main(argv=None):
         if isinstance(v, dict):
             print(f"  {k:14s} {v['fit_s_median']:6.2f} s   peak {v['peak_traced_mib_median']:6.1f} MiB "
                   f"allocated ({v['iterations']} iterations)")
-    # last: it holds hundreds of images in this process, which would inflate the peak RSS
-    # baseline of the feature-stage runs above
+    # last: these hold hundreds of images in this process, which would inflate the peak
+    # RSS baseline of the feature-stage runs above
+    br = bench_breakdown(cohort, args.repeats)
+    result["breakdown_ms_per_image"] = br
+    print(f"one feature task, ms per image ({br['images']} images, 1 process, 1 OpenCV thread):")
+    for k in ("read_decode", "segmentation", "features", "crop"):
+        print(f"  {k:14s} {br[k]:6.3f}")
+    print(f"  a 2x-decode stage leaves {br['read_decode']:.3f} ms for all the rest; these steps "
+          f"take {br['segmentation'] + br['features'] + br['crop']:.3f}")
     seg = bench_segmentation()
     result["segmentation"] = seg
     print(f"segmentation on {seg['images']} synthetic images (nucleus IoU vs ground truth):")
