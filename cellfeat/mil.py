@@ -93,7 +93,26 @@ def _predict_input(est, X) -> list[np.ndarray]:
 def _per_bag(scores, bags) -> list[np.ndarray]:
     return np.split(np.asarray(scores, float), np.cumsum([len(b) for b in bags])[:-1])
 
-class _BaseMISVM(ClassifierMixin, BaseEstimator):
+class _BagClassifier(ClassifierMixin, BaseEstimator):
+    """What the bag classifiers here share: labels from the sign of the bag score, binary
+    tags. Subclasses define ``decision_function`` and name their fitted model in
+    ``_fitted``."""
+
+    _fitted = ""
+
+    def predict(self, X) -> np.ndarray:
+        """Bag labels in the classes seen in ``fit`` (not raw scores, unlike ``misvm``)."""
+        check_is_fitted(self, self._fitted)
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class _BaseMISVM(_BagClassifier):
+    _fitted = "svm_"
 
     def __init__(self, *, kernel="linear", C=1.0, gamma=None, n_components=300, max_iters=20,
                  restarts=0, class_weight="balanced", standardize=True, random_state=None):
@@ -186,11 +205,6 @@ class _BaseMISVM(ClassifierMixin, BaseEstimator):
         """Bag score: the maximum instance score (a bag is positive if any cell is)."""
         return np.array([s.max() for s in self.instance_decision_function(X)])
 
-    def predict(self, X) -> np.ndarray:
-        """Bag labels in the classes seen in ``fit`` (not raw scores, unlike ``misvm``)."""
-        check_is_fitted(self, "svm_")
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
-
     def predict_proba(self, X) -> np.ndarray:
         """Probabilities from a Platt (logistic) map of the bag score, calibrated on
         out-of-fold bag scores at ``fit`` time when ``calibrate`` was possible, else on the
@@ -216,11 +230,6 @@ class _BaseMISVM(ClassifierMixin, BaseEstimator):
         self.calibrator_ = LogisticRegression().fit(scores.reshape(-1, 1),
                                                     (y == self.classes_[1]).astype(int))
         return self
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
 
 class MISVM(_BaseMISVM):
@@ -342,7 +351,7 @@ class miSVM(_BaseMISVM):
                 labels[starts[b] + int(np.argmax(scores[sl]))] = 1.0
 
 
-class SIL(ClassifierMixin, BaseEstimator):
+class SIL(_BagClassifier):
     """Single-instance learning: every cell inherits its bag's label (Ray & Craven 2005).
 
     The baseline that MIL methods are measured against, and a strong one when most cells
@@ -372,6 +381,8 @@ class SIL(ClassifierMixin, BaseEstimator):
     Instance scores are the learner's log-odds for ``classes_[1]`` (or its decision
     function); the bag score is their mean.
     """
+
+    _fitted = "estimator_"
 
     def __init__(self, estimator=None, *, class_weight="balanced"):
         self.estimator = estimator
@@ -416,19 +427,10 @@ class SIL(ClassifierMixin, BaseEstimator):
         """Bag score: the mean instance score."""
         return np.array([s.mean() for s in self.instance_decision_function(X)])
 
-    def predict(self, X) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
-
     def predict_proba(self, X) -> np.ndarray:
         """Logistic map of the bag score (the mean log-odds; not calibrated)."""
         p1 = 1 / (1 + np.exp(-self.decision_function(X)))
         return np.column_stack([1 - p1, p1])
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
 
 
 def _make_standardised_logreg():
