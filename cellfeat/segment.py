@@ -69,6 +69,23 @@ class Segmentation:
         ``(x0, y0, x1, y1)``: bounding box of the nucleus, hull and cell, outside which
         every mask is empty (None when the segmentation failed), so that measurements can
         work on a crop.
+    cytoplasm : ndarray of bool, shape (H, W)
+        ``cell & ~nucleus``: the cytoplasm (empty when none was found or the segmentation
+        failed).
+    cell_contour : ndarray of int32, shape (K, 2)
+        Outer boundary of ``cell``, (x, y) pixel coordinates (empty when it failed).
+    red_cells : ndarray of bool, shape (H, W)
+        Pixels of the per-image colour model's red-cell class, only inside ``window``
+        (empty elsewhere): what presses against the cell's outline.
+    window : tuple of int or None
+        ``(x0, y0, x1, y1)``: the region around the nucleus where the cell was searched
+        (it holds ``box``).
+    colours : dict of str to ndarray of float, or None
+        Reference colours of the image's four populations, ``"plasma"``, ``"red_cells"``,
+        ``"cytoplasm"``, ``"chromatin"``, each a mean CIELAB colour in OpenCV's 8-bit
+        encoding (L* x 255/100, a* + 128, b* + 128), float shape (3,). They let a colour
+        feature be read relative to the same image's plasma and red cells (stain drift
+        cancels). None when the segmentation failed.
     """
 
     nucleus: np.ndarray
@@ -82,6 +99,21 @@ class Segmentation:
     channel: str
     threshold: float
     box: tuple[int, int, int, int] | None = None
+    cytoplasm: np.ndarray | None = None
+    cell_contour: np.ndarray | None = None
+    red_cells: np.ndarray | None = None
+    window: tuple[int, int, int, int] | None = None
+    colours: dict | None = None
+
+    def __post_init__(self):
+        # failed segmentations and callers building the object by hand get empty extras
+        z = np.zeros(self.nucleus.shape, bool)
+        if self.cytoplasm is None:
+            object.__setattr__(self, "cytoplasm", self.cell & ~self.nucleus)
+        if self.cell_contour is None:
+            object.__setattr__(self, "cell_contour", np.zeros((0, 2), np.int32))
+        if self.red_cells is None:
+            object.__setattr__(self, "red_cells", z)
 
     @property
     def ok(self) -> bool:
