@@ -40,7 +40,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .bags import BagAggregator
 from .extract import QC_COLUMN
-from .heterogeneity import HeterogeneityScores
+from .heterogeneity import PIXEL_SCORE, HeterogeneityScores
 from .mil import MISVM, InstanceScoreBagFeatures
 
 __all__ = ["cohort_frame", "ClinicalFeatures", "CellBagFeatures", "MILFeatures",
@@ -48,7 +48,6 @@ __all__ = ["cohort_frame", "ClinicalFeatures", "CellBagFeatures", "MILFeatures",
            "CNN_CANDIDATES", "available_candidates", "CLINICAL_NAMES"]
 
 CLINICAL_NAMES = ("Clinical_Age", "Clinical_LogLymphCount", "Clinical_GenderMale")
-PIXEL_SCORE = "Bag_Heterogeneity_PixelDispersion"
 
 
 def cohort_frame(clinical: pd.DataFrame, cells: pd.DataFrame,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .features import FeatureSettings, cache_store, compute_patient, process_patient, read_patient
+from .tasks import FeatureSettings, cache_store, compute_patient, process_patient, read_patient
 
 
 def connect(address: str):

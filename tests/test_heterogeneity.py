@@ -1,5 +1,8 @@
 """cellfeat.heterogeneity: the O(n·d) identity against the naive sum, scores by hand."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,12 +17,62 @@ from cellfeat import heterogeneity as H
 @given(arrays(np.uint8, st.tuples(st.integers(1, 7), st.integers(1, 5), st.integers(1, 4))))
 def test_pixel_dispersion_matches_naive(images):
     naive = H.pixel_dispersion_naive(images)
-    assert H.pixel_dispersion(images) == pytest.approx(naive, rel=1e-9, abs=1e-12)
     # the streaming form cancels: error bound sqrt(eps * sum ||q||^2 / n), see its docstring
     q = images.reshape(len(images), -1).astype(float) / 255
-    streamed = H.dispersion_from_sums(len(q), q.sum(axis=0), float((q * q).sum()))
     bound = np.sqrt(np.finfo(float).eps * max((q * q).sum(), 1) / len(q)) * 4
+    streamed = H.dispersion_from_sums(len(q), q.sum(axis=0), float((q * q).sum()))
     assert abs(streamed - naive) <= bound
+    # pixel_dispersion streams uint8 images through cv2.accumulate / cv2.norm (PixelSums),
+    # the path of the features stage; same bound
+    assert abs(H.pixel_dispersion(images) - naive) <= bound
+    # sums of integers are exact in float64: the NumPy path for other dtypes gives the
+    # same number to the last bit
+    assert H.pixel_dispersion(images) == H.pixel_dispersion(images.astype(np.float32))
+
+
+def test_pixel_sums_use_the_first_shape_only():
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    # a bag with an image of another shape, as a patient folder may hold: the features
+    # stage leaves it out, and so does the Python API (it raised on the old code)
+    mixed = [same[0], other, *same[1:]]
+    assert H.pixel_dispersion(mixed) == H.pixel_dispersion(same)
+    assert H.pixel_dispersion(iter(mixed)) == H.pixel_dispersion(same)  # a generator streams
+    sums = H.PixelSums()
+    assert [sums.add(im) for im in mixed] == [True, False, True, True, True]
+    assert sums.n == 4 and sums.shape == (6, 5, 3)
+    assert sums.value() == pytest.approx(H.pixel_dispersion_naive(same), rel=1e-12)
+    assert np.isnan(H.PixelSums().value()) and np.isnan(H.pixel_dispersion([]))
+
+
+def test_pixel_dispersion_exact_where_cv2_norm_is_not():
+    # cv2.norm(NORM_L2SQR) of this 3x4 uint8 image is 225638.99999999997 (OpenCV 4.x),
+    # the exact sum of squares is 225639: PixelSums rounds it back to the integer
+    image = np.random.RandomState(0).randint(0, 256, (3, 4)).astype(np.uint8)
+    sums = H.PixelSums()
+    sums.add(image)
+    assert sums._total_sq == float((image.astype(np.int64) ** 2).sum())
+
+
+def test_one_pixel_score_name():
+    """The column name is defined once, in the library, and the pipelines import it."""
+    import cellfeat.models
+    import pipelines.features
+    import pipelines.tasks
+
+    assert H.PIXEL_SCORE == "Bag_Heterogeneity_PixelDispersion"
+    assert cellfeat.models.PIXEL_SCORE is H.PIXEL_SCORE
+    assert pipelines.features.PIXEL_SCORE is H.PIXEL_SCORE
+    assert pipelines.tasks.PIXEL_SCORE is H.PIXEL_SCORE
+    root = Path(__file__).resolve().parents[1]
+    defined = []
+    for f in sorted([*root.glob("cellfeat/*.py"), *root.glob("pipelines/*.py")]):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                    and node.value.value == H.PIXEL_SCORE):
+                defined.append(f.relative_to(root).as_posix())
+    assert defined == ["cellfeat/heterogeneity.py"]
 
 
 def test_pixel_dispersion_by_hand():
