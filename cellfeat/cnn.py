@@ -16,7 +16,8 @@ Two scikit-learn faces, both taking the cohort frame of :mod:`cellfeat.models` w
   each patient's cell table, a feature block :class:`~cellfeat.bags.BagAggregator` takes.
 
 The device is CUDA when available (``device="auto"``), else the CPU; on the CPU a fit is
-deterministic given ``random_state``. Fitted weights are kept as NumPy arrays, so the
+deterministic given ``random_state``, whatever torch's global random state, which a fit
+neither reads nor changes. Fitted weights are kept as NumPy arrays, so the
 estimators go into skops model bundles like any other.
 """
 
@@ -52,8 +53,20 @@ def _torch():
     return torch
 
 
-def _build_net(width: int, embed_dim: int):
+def _build_net(width: int, embed_dim: int, seed: int = 0):
+    """The network, its initial weights drawn from ``seed`` alone.
+
+    Modules draw their initial weights from torch's global generator: it is forked and
+    restored around the construction, so building a network neither depends on nor changes
+    the caller's random state.
+    """
     torch = _torch()
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: weights start on CPU
+        torch.default_generator.manual_seed(int(seed))
+        return _make_net(torch, width, embed_dim)
+
+
+def _make_net(torch, width: int, embed_dim: int):
     nn = torch.nn
 
     class Net(nn.Module):
@@ -114,9 +127,12 @@ def _usable_bags(X: pd.DataFrame):
                          "pipelines' features stage (it writes crops/) or pass crops= to "
                          "cohort_frame")
     bags, keep = [], []
-    for cells, crops in zip(X["CELLS"], X["CROPS"]):
+    for pid, cells, crops in zip(X.index, X["CELLS"], X["CROPS"]):
         ok = (cells[QC_COLUMN] == "ok").to_numpy() if len(cells) else np.zeros(0, bool)
-        bags.append(crops[ok] if len(crops) == len(ok) else crops[:0])
+        if len(crops) != len(ok):  # crops from another run or another patient: a bug upstream
+            raise ValueError(f"patient {pid}: {len(crops)} crops for {len(ok)} cell rows; "
+                             "CROPS must hold one crop per CELLS row, in the same order")
+        bags.append(crops[ok])
         keep.append(ok)
     return bags, keep
 
@@ -182,10 +198,12 @@ class CNNExpert(ClassifierMixin, BaseEstimator):
 
         device = self._device()
         self.device_ = str(device)
-        torch.manual_seed(self.random_state)
+        # local generators only (the caller's torch random state is left alone): weights
+        # from random_state, augmentation from gen, cell draws from rng; the network has no
+        # dropout, so nothing else draws random numbers
         gen = torch.Generator().manual_seed(self.random_state)
         rng = np.random.default_rng(self.random_state)
-        net = _build_net(self.width, self.embed_dim).to(device)
+        net = _build_net(self.width, self.embed_dim, self.random_state).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
         idx = np.flatnonzero(has)
         steps = max(1, int(np.ceil(len(idx) / self.batch_bags)))
@@ -224,7 +242,7 @@ class CNNExpert(ClassifierMixin, BaseEstimator):
         torch = _torch()
         net = getattr(self, "_net", None)
         if net is None:
-            net = _build_net(self.width, self.embed_dim)
+            net = _build_net(self.width, self.embed_dim)  # weights overwritten just below
             net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.weights_.items()})
             net.eval()
             self._net = net.to(self._device())

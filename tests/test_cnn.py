@@ -69,3 +69,24 @@ def test_needs_crops():
     X, y = tiny_frame()
     with pytest.raises(ValueError, match="CROPS"):
         small().fit(X.drop(columns="CROPS"), y)
+
+
+def test_fit_neither_reads_nor_changes_torch_global_rng():
+    X, y = tiny_frame()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = small(random_state=1).fit(X, y)
+    pa = a.predict_proba(X)  # builds the inference network too
+    assert torch.equal(torch.get_rng_state(), before)  # the old fit reseeded it
+    torch.manual_seed(456)  # another global state: the same fit
+    assert np.array_equal(small(random_state=1).fit(X, y).predict_proba(X), pa)
+
+
+def test_misaligned_crops_raise():
+    X, y = tiny_frame()
+    X.at["P3", "CROPS"] = X.at["P3", "CROPS"][:-1]  # one crop fewer than cell rows
+    with pytest.raises(ValueError, match="patient P3: 5 crops for 6 cell rows"):
+        small().fit(X, y)  # the old code trained as if P3 had no usable cell
+    fitted = small().fit(X.drop(index="P3"), y[X.index != "P3"])
+    with pytest.raises(ValueError, match="patient P3: 5 crops for 6 cell rows"):
+        fitted.predict_proba(X)  # the old code gave P3 the neutral call 0.5
