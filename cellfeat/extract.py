@@ -74,9 +74,12 @@ def nan_reason(feats: dict) -> str:
     objects = sorted({n.split("_", 1)[0] for n, v in feats.items() if not np.isfinite(v)})
     if not objects:
         return ""
-    return ("NaN features of " + ", ".join(objects) + ": region under "
-            f"{MIN_REGION_PIXELS} px (e.g. no cytoplasm found, convex nucleus with empty ROC) "
-            "or uniform (zero variance)")
+    reasons = [f"region under {MIN_REGION_PIXELS} px (e.g. no cytoplasm found) or uniform "
+               "(zero variance or contrast)"]
+    if any(n.endswith("_RelRBC") and not np.isfinite(v) for n, v in feats.items()):
+        reasons.append("no red-cell or plasma reference found in the image (colour features "
+                       "relative to them)")
+    return "NaN features of " + ", ".join(objects) + ": " + "; or ".join(reasons)
 
 
 def failed_row(status: str, names, detail: str = "") -> dict:

@@ -1,14 +1,71 @@
-"""Per-cell hand-crafted features: one small function per feature, one registry of names.
+r"""Per-cell hand-crafted features: one small function per feature, one registry of names.
 
 Each public function below is a formula on pieces that :class:`CellMeasurements` computes
-once per cell (masks, contour, hull, per-region colour statistics, GLCM) and passes in
-explicitly. :data:`REGISTRY` maps every output name (``Object_Category_Feature``, e.g.
-``Nucleus_Shape_Solidity``, ``ROC_Colour_LAB_L_MeanRatio``) to its function and to the
-pieces it reads; code, tables, plots and docs use those names.
+once per cell (masks, contours, hulls, optical densities, image references, GLCMs) and
+passes in explicitly. :data:`REGISTRY` maps every output name (``Object_Category_Feature``,
+e.g. ``Nucleus_Shape_Solidity``, ``Cytoplasm_Colour_OD_Basophilia``) to its function and to
+the pieces it reads; code, tables, plots and docs use those names.
 
-Objects: ``Nucleus``; ``Hull`` (convex hull of the nucleus); ``ROC`` (hull minus nucleus,
-the "representative of the cytoplasm" of Tavakoli et al. 2021); ``Cytoplasm`` (cell minus
-nucleus, best effort); ``Cell`` (nucleus + cytoplasm).
+Objects: ``Nucleus``; ``Cytoplasm`` (cell minus nucleus, from
+:class:`cellfeat.segment.Segmentation`); ``Cell`` (nucleus + cytoplasm). The ``ROC``
+(convex hull of the nucleus minus the nucleus, Tavakoli et al. 2021's stand-in for a
+cytoplasm no threshold found) has no features since revision 6: the whole-cell mask
+measures the cytoplasm itself.
+
+Colour: optical density against the same image's plasma and red cells
+----------------------------------------------------------------------
+Every colour feature is built so that a global change of white balance, gamma or stain
+strength cancels *by construction*, not by training on shifted copies. The light reaching
+the camera through a stained object obeys Beer-Lambert: :math:`I_c = I_{0,c}\,e^{-s_c\,
+\epsilon_c}` for channel :math:`c`, with :math:`I_{0,c}` the light through the plasma (the
+nearly transparent background), :math:`s_c\epsilon_c` the stain's absorbance. A camera
+or lab then records :math:`\tilde I_c = a_c I_c^{\gamma}` (per-channel white-balance gains
+:math:`a_c`, a common gamma :math:`\gamma`). We measure, per channel, the optical density
+against the plasma of the same image
+
+.. math:: OD_c(X) = \ln P_c - \ln X_c,
+
+where :math:`P_c` and :math:`X_c` are :math:`\ln(1 + m)` of the per-channel *lower
+median* :math:`m` of the plasma's and the object's pixels (a lower median commutes with
+any increasing map such as :math:`a_c I^{\gamma}`, so what holds for one pixel holds for
+the medians exactly). Then
+
+* gains cancel: :math:`\ln(a_c P_c^\gamma) - \ln(a_c X_c^\gamma) = \gamma\,OD_c(X)`;
+* what remains is a factor per channel: :math:`\gamma` (tone curve), a global stain
+  strength (Beer-Lambert: OD :math:`\propto` stain amount), or a per-channel scaling of
+  OD :math:`k_c` (a stain batch whose absorbance is bluer or redder). All of these cancel
+  in the ratio of two ODs *of the same channel*. We divide by the red cells' OD in that
+  channel (every smear has red cells; their median OD is about 0.3 in R, 0.45 in G,
+  0.2 in B, medians over hundreds of pixels):
+
+.. math:: \rho_c(X) = OD_c(X) / OD_c(RBC).
+
+The colour features are such per-channel ratios, a log-ratio of two of them
+(basophilia), a ratio of summed ODs of cytoplasm and nucleus (both stained by the basic
+dye), and coefficients of variation of the per-pixel OD in the green channel; all are
+invariant to per-channel gains, gamma and a per-channel OD scale, up to the ``+1``
+inside the logarithm, JPEG rounding and clipping at 255 (a plasma already at 254 cannot
+show a gain above 1). A change in the balance of the basic against the acidic dye that
+affects cytoplasm and red cells differently does not cancel, and should not.
+
+The plasma and red-cell references come from :func:`find_references`: the image's
+background pixels (outside the cell) are split, in :math:`(\ln R, \ln G, \ln B)`, into
+plasma, red cells and nuclear material (other white cells, platelets), with the nuclear
+centre fixed at the segmented nucleus's colour. Gains translate that space and a common
+gamma scales it, and each step (order statistics, midpoints, Otsu on the values' own
+range, nearest centre) is equivariant to both, so the *same pixels* are chosen as plasma
+and red cells whatever the white balance. The earlier colour features (the 48 Tavakoli
+ratios in RGB, HSV, LAB and YCrCb and five absolute channel means) were retired: a ratio
+of means of an offset or angular encoding (LAB a*, b*, hue) cancels nothing, absolute
+means move with every gain, and RGB mean ratios do not cancel gamma.
+
+Texture is measured on the per-pixel optical density in the green channel (where
+chromatin absorbs most), :math:`D = \ln P_G - \ln(G + 1)`, quantised over each region's
+own range: gains add a constant to :math:`D`, gamma and stain strength scale it, and
+min-max quantisation removes both, so GLCM features are invariant too. Granularity and
+nucleoli are read relative to the nucleus's mean :math:`D`.
+
+Changelog of :data:`FEATURES_REVISION`: see :data:`FEATURES_CHANGELOG`.
 
 References
 ----------
@@ -17,6 +74,8 @@ extraction algorithm for classification of white blood cells in peripheral smear
 images." Scientific Reports 11, 19428 (2021).
 Haralick R. M., Shanmugam K., Dinstein I. "Textural features for image
 classification." IEEE Trans. SMC 3(6), 610-621 (1973).
+Ruifrok A. C., Johnston D. A. "Quantification of histochemical staining by color
+deconvolution." Anal. Quant. Cytol. Histol. 23(4), 291-299 (2001) (optical density).
 """
 
 from __future__ import annotations
@@ -31,28 +90,56 @@ import numpy as np
 from .segment import Segmentation
 
 __all__ = [
-    "REGISTRY", "FEATURE_NAMES", "Feature", "CellMeasurements", "compute_features",
-    "area", "perimeter", "solidity", "convexity", "circularity", "ellipse_axes",
-    "eccentricity", "boundary_irregularity", "area_ratio", "rim_thickness", "mean_ratio",
-    "std_ratio", "glcm_contrast", "glcm_homogeneity", "glcm_energy", "glcm_entropy",
-    "glcm_correlation", "granularity", "COLOUR_SPACES",
+    "REGISTRY", "FEATURE_NAMES", "FEATURES_REVISION", "FEATURES_CHANGELOG", "Feature",
+    "CellMeasurements", "References", "find_references", "lower_median",
+    "masked_lower_median", "compute_features",
+    "area", "equivalent_diameter", "perimeter", "solidity", "convexity", "circularity",
+    "ellipse_axes", "eccentricity", "boundary_irregularity", "area_ratio", "rim_width_mean",
+    "rim_width_std", "centroid_offset", "red_cell_indentation", "relative_od",
+    "basophilia", "density_ratio", "od_heterogeneity", "glcm_contrast", "glcm_homogeneity",
+    "glcm_energy", "glcm_entropy", "glcm_correlation", "clumping_index", "granularity",
+    "granule_fraction", "nucleolus_spots",
 ]
 
-#: Colour spaces and channel names, in the order OpenCV returns them (8-bit encodings:
-#: H in [0, 180), every other channel in [0, 255]).
-COLOUR_SPACES = {
-    "RGB": ("R", "G", "B"),
-    "HSV": ("H", "S", "V"),
-    "LAB": ("L", "A", "B"),
-    "YCrCb": ("Y", "Cr", "Cb"),
-}
-_CHANNEL_INDEX = [(space, ch, k) for k, (space, ch) in enumerate(
-    (s, c) for s, chans in COLOUR_SPACES.items() for c in chans)]
-_CONVERSIONS = {"HSV": cv2.COLOR_RGB2HSV, "LAB": cv2.COLOR_RGB2LAB, "YCrCb": cv2.COLOR_RGB2YCrCb}
 GLCM_LEVELS = 16
+#: GLCM pixel distances of the nucleus: 1 for fine grain, 4 for clumps (chromatin at two
+#: scales); the cytoplasm uses 1 only.
+GLCM_DISTANCES = (1, 4)
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 5
+FEATURES_REVISION = 6
+FEATURES_CHANGELOG = {
+    6: "Colour normalised by construction (issue 14) and whole-cell features (issue 12). "
+       "Segmentation changed (cellfeat.segment: per-image colour model, whole-cell mask). "
+       "Retired: the 48 Tavakoli colour ratios {Nucleus,ROC}_Colour_{RGB,HSV,LAB,YCrCb}_*_"
+       "{MeanRatio,StdRatio} (the ROC colour, a proxy for the cytoplasm that the whole-cell "
+       "mask now measures directly); the absolute means Nucleus_Colour_LAB_L_Mean, "
+       "Nucleus_Colour_HSV_S_Mean, Cytoplasm_Colour_HSV_{S,H}_Mean, "
+       "Cytoplasm_Colour_LAB_L_Mean; Cytoplasm_Shape_RimThickness (replaced by the measured "
+       "rim width). Added: Cell_Shape_EquivalentDiameter, Cell_Shape_Solidity, "
+       "Cell_Shape_Convexity, Cell_Shape_Circularity, Cell_Shape_NucleusOffset, "
+       "Cell_Shape_RedCellIndentation, Cytoplasm_Shape_RimWidthMean, "
+       "Cytoplasm_Shape_RimWidthStd, {Nucleus,Cytoplasm}_Colour_OD_{R,G,B}_RelRBC, "
+       "Cytoplasm_Colour_OD_Basophilia, Cytoplasm_Colour_OD_NucleusDensityRatio, "
+       "{Nucleus,Cytoplasm}_Colour_OD_Heterogeneity, Nucleus_Texture_GLCM_{Contrast,"
+       "Correlation}_D4, Nucleus_Texture_ClumpingIndex, Cytoplasm_Texture_Granularity, "
+       "Cytoplasm_Texture_GranuleFraction, Nucleus_Texture_NucleolusCount, "
+       "Nucleus_Texture_NucleolusAreaFraction. Changed: GLCM and granularity are computed "
+       "on the green-channel optical density instead of 255 - L*; granularity is relative "
+       "to the nucleus's mean density.",
+    5: "Previous feature set (nucleus shape, Tavakoli colour ratios, channel means, GLCM).",
+}
 MIN_REGION_PIXELS = 5
+#: Fewest sampled background pixels for a plasma or red-cell reference.
+MIN_REFERENCE_PIXELS = 10
+#: Sampling step (pixels) of the background for :func:`find_references`.
+REFERENCE_STEP = 8
+#: A red-cell class whose mean OD is under this share of the nucleus's is not red cells.
+RBC_MIN_OD_SHARE = 0.1
+
+_LN = np.log1p(np.arange(256, dtype=np.float64)).astype(np.float32)
+_ELLIPSE3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+_ELLIPSE5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_ELLIPSE9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
 
 
 # ------------------------------------------------------------------------- shape
@@ -64,6 +151,15 @@ def area(mask: np.ndarray) -> float:
     Range [0, H·W].
     """
     return float(np.count_nonzero(mask))
+
+
+def equivalent_diameter(area_: float) -> float:
+    """Equivalent diameter 2√(A/π) of a region of area A, in pixels: the diameter of the
+    disc with the same area. ≥ 0; a disc of radius r gives 2r.
+
+    For the cell, a size that reads like a haematologist's "large lymphocyte".
+    """
+    return float(2 * np.sqrt(area_ / np.pi))
 
 
 def perimeter(contour: np.ndarray) -> float:
@@ -79,23 +175,24 @@ def perimeter(contour: np.ndarray) -> float:
 
 
 def solidity(area_: float, convex_area: float) -> float:
-    """Solidity = A(N) / A(hull(N)), in (0, 1]; 1 for a convex nucleus.
+    """Solidity = A(X) / A(hull(X)), in (0, 1]; 1 for a convex region.
 
-    Lobed or notched nuclei (reactive, some lymphoma cells) score lower.
+    Lobed or notched nuclei, or a cell outline dented by red cells, score lower.
     """
     return area_ / convex_area if convex_area > 0 else np.nan
 
 
 def convexity(perimeter_: float, convex_perimeter: float) -> float:
-    """Convexity = P(hull(N)) / P(N), in (0, 1]; 1 for a convex outline.
+    """Convexity = P(hull(X)) / P(X), in (0, 1]; 1 for a convex outline.
 
-    Sensitive to boundary roughness, where solidity is sensitive to deep concavities.
+    Sensitive to boundary roughness (fine projections, villi), where solidity is sensitive
+    to deep concavities.
     """
     return convex_perimeter / perimeter_ if perimeter_ > 0 else np.nan
 
 
 def circularity(perimeter_: float, area_: float) -> float:
-    """Circularity = P(N)² / (4π A(N)), ≥ 1; 1 for a disc, larger for irregular outlines.
+    """Circularity = P(X)² / (4π A(X)), ≥ 1; 1 for a disc, larger for irregular outlines.
 
     (The reciprocal of the "form factor" 4πA/P².)
     """
@@ -139,54 +236,135 @@ def area_ratio(nucleus_area: float, cell_area: float) -> float:
     return nucleus_area / cell_area if cell_area > 0 else np.nan
 
 
-def rim_thickness(nucleus_area: float, cell_area: float) -> float:
-    """Mean cytoplasm rim thickness (√(A(cell)/π) − √(A(N)/π)), in pixels, ≥ 0.
+def rim_width_mean(widths: np.ndarray) -> float:
+    """Mean cytoplasm rim width w̄ = mean_k d(b_k, N), in pixels, ≥ 0.
 
-    The difference of the equivalent-disc radii of cell and nucleus.
+    ``widths`` holds, for every pixel b_k of the cell's outer boundary, its Euclidean
+    distance to the nearest nucleus pixel (a distance transform of the nucleus's
+    complement read on the cell contour). Concentric discs of radii r < R give R − r; 0
+    where the nucleus reaches the cell outline. A thin rim (small mature or CLL
+    lymphocyte) reads small, abundant cytoplasm (reactive, large granular) large.
     """
-    return float(np.sqrt(cell_area / np.pi) - np.sqrt(nucleus_area / np.pi))
+    return float(np.mean(widths)) if len(widths) else np.nan
+
+
+def rim_width_std(widths: np.ndarray) -> float:
+    """Spread σ(w) of the cytoplasm rim width around the nucleus, in pixels, ≥ 0.
+
+    Standard deviation of the same boundary-to-nucleus distances as
+    :func:`rim_width_mean`: 0 for a nucleus centred in a round cell, large for an
+    eccentric nucleus or cytoplasm spreading between red cells on one side.
+    """
+    return float(np.std(widths)) if len(widths) else np.nan
+
+
+def centroid_offset(nucleus_centroid, cell_centroid, cell_area: float) -> float:
+    """Nucleus position in the cell: |c(N) − c(cell)| / √(A(cell)/π), ≥ 0, unitless.
+
+    Distance between the two centroids in units of the cell's equivalent radius: 0 for a
+    centred nucleus, about 1 − r/R for a nucleus of radius r touching the outline of a
+    round cell of radius R.
+    """
+    if cell_area <= 0:
+        return np.nan
+    d = np.hypot(nucleus_centroid[0] - cell_centroid[0], nucleus_centroid[1] - cell_centroid[1])
+    return float(d / np.sqrt(cell_area / np.pi))
+
+
+def red_cell_indentation(red_in_deficiency: float, cell_hull_area: float) -> float:
+    """Indentation of the cell outline by red cells: A(RBC ∩ (hull(C) \\ C)) / A(hull(C)).
+
+    The share of the cell's convex hull that is taken by red-cell pixels outside the cell,
+    in [0, 1): 0 for a convex cell or one whose concavities hold no red cell, large for
+    cytoplasm that wraps around neighbouring red cells (a reactive pattern). Red-cell
+    pixels come from the image's own colour model (:func:`find_references`).
+    """
+    return float(red_in_deficiency / cell_hull_area) if cell_hull_area > 0 else np.nan
 
 
 # ------------------------------------------------------------------------- colour
 
 
-def mean_ratio(region_mean, reference_mean):
-    """μ(region) / μ(reference) of one colour channel (Tavakoli et al. 2021).
+def relative_od(od_region: float, od_rbc: float) -> float:
+    """Optical density of a region in one channel relative to the red cells in that
+    channel: ρ_c(X) = OD_c(X) / OD_c(RBC), unitless.
 
-    With reference = convex hull, it compares the nucleus or the ROC to the whole hull,
-    which cancels most stain drift between smears. NaN when the reference mean is 0.
-    Works elementwise on arrays of channels.
+    OD_c(X) = ln P_c − ln X_c against the same image's plasma P (ln(1 + lower median) of
+    each region). Invariant to white-balance gains, gamma, global stain strength and any
+    per-channel scaling of OD (module docstring). 0 for a region as light as the plasma,
+    1 when it absorbs as much as a red cell in that channel; chromatin reads about 2-5.
+    NaN when no red-cell reference was found.
     """
-    return _safe_ratio(region_mean, reference_mean)
+    if not np.isfinite(od_rbc) or od_rbc <= 0:
+        return np.nan
+    return float(od_region / od_rbc)
 
 
-def std_ratio(region_std, reference_std):
-    """σ(region) / σ(reference) of one colour channel (Tavakoli et al. 2021).
+def basophilia(od_region: np.ndarray, od_rbc: np.ndarray) -> float:
+    """Basophilia (blue against red) relative to the red cells:
+    ln(OD_R(X) / OD_G(X)) − ln(OD_R(RBC) / OD_G(RBC)), unitless, real.
 
-    NaN when the reference is uniform (σ = 0). Works elementwise on arrays of channels.
+    Blue (basophilic) material absorbs red light more than green; eosin-stained red cells
+    absorb green most. 0 for a region of the same OD hue as the red cells, positive and
+    growing as it turns blue; deep-blue reactive cytoplasm reads highest. Invariant to
+    gains, gamma, global stain strength and any per-channel scaling of optical density
+    (e.g. a bluer stain batch modelled as OD_R × (1 + β)): ratios of ODs in one channel.
+    NaN when the region or the red cells absorb nothing in R or G (OD ≤ 0), where the ratio
+    is undefined.
     """
-    return _safe_ratio(region_std, reference_std)
+    vals = (od_region[0], od_region[1], od_rbc[0], od_rbc[1])
+    if not all(np.isfinite(v) and v > 0 for v in vals):
+        return np.nan
+    return float(np.log(vals[0] / vals[1]) - np.log(vals[2] / vals[3]))
 
 
-def _safe_ratio(num, den):
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out if out.ndim else float(out)
+def density_ratio(od_region: np.ndarray, od_reference: np.ndarray) -> float:
+    """Σ_c OD_c(X) / Σ_c OD_c(Y): how much light region X absorbs relative to Y, ≥ 0.
+
+    For cytoplasm against nucleus, both stained by the basic dye, a change of that dye's
+    strength cancels as well as gains and gamma. Pale cytoplasm reads near 0, cytoplasm
+    as dark as chromatin near 1. NaN when the reference is as light as the plasma.
+    """
+    den = float(np.sum(od_reference))
+    return float(np.sum(od_region) / den) if np.isfinite(den) and den > 0 else np.nan
+
+
+def od_heterogeneity(density_mean: float, density_std: float) -> float:
+    """Coefficient of variation σ(D)/μ(D) of the per-pixel green-channel optical density D
+    over a region, ≥ 0, unitless.
+
+    Gains leave per-pixel OD unchanged and gamma scales it, so the ratio is invariant.
+    0 for a flat colour; mottled chromatin or granular cytoplasm reads higher. NaN when
+    the region is as light as the plasma (μ ≤ 0).
+    """
+    return float(density_std / density_mean) if density_mean > 0 else np.nan
 
 
 # ------------------------------------------------------------------------- texture
 
 
+def _ij(shape):
+    if shape not in _IJ:
+        _IJ[shape] = np.indices(shape)
+    return _IJ[shape]
+
+
+_IJ: dict = {}
+
+
 def glcm_contrast(p: np.ndarray) -> float:
-    """Haralick contrast Σ_ij p(i,j)(i−j)² of a normalised GLCM; 0 for a flat region."""
-    i, j = np.indices(p.shape)
+    """Haralick contrast Σ_ij p(i,j)(i−j)² of a normalised GLCM; 0 for a flat region.
+
+    Levels are the region's green-channel optical density quantised to 16 levels over its own
+    range; so contrast ranges over [0, 225].
+    """
+    i, j = _ij(p.shape)
     return float((p * (i - j) ** 2).sum())
 
 
 def glcm_homogeneity(p: np.ndarray) -> float:
     """Homogeneity Σ_ij p(i,j) / (1 + (i−j)²), in (0, 1]; 1 for a flat region."""
-    i, j = np.indices(p.shape)
+    i, j = _ij(p.shape)
     return float((p / (1.0 + (i - j) ** 2)).sum())
 
 
@@ -205,8 +383,12 @@ def glcm_entropy(p: np.ndarray) -> float:
 
 
 def glcm_correlation(p: np.ndarray) -> float:
-    """Haralick correlation Σ_ij p(i,j)(i−μi)(j−μj) / (σi σj), in [−1, 1]; NaN if flat."""
-    i, j = np.indices(p.shape)
+    """Haralick correlation Σ_ij p(i,j)(i−μi)(j−μj) / (σi σj), in [−1, 1]; NaN if flat.
+
+    At a pixel distance d, near 1 when blobs of density are larger than d (clumped
+    chromatin keeps a high correlation at d = 4), near 0 for grain finer than d.
+    """
+    i, j = _ij(p.shape)
     mi, mj = (p * i).sum(), (p * j).sum()
     si = np.sqrt((p * (i - mi) ** 2).sum())
     sj = np.sqrt((p * (j - mj) ** 2).sum())
@@ -215,15 +397,207 @@ def glcm_correlation(p: np.ndarray) -> float:
     return float((p * (i - mi) * (j - mj)).sum() / (si * sj))
 
 
-def granularity(darkness: np.ndarray, mask: np.ndarray) -> float:
-    """Mean white top-hat (3×3 ellipse) of the darkness image inside the nucleus, in grey levels.
+def clumping_index(contrast_far: float, contrast_near: float) -> float:
+    """Chromatin clumping: GLCM contrast at distance 4 over contrast at distance 1, ≥ 0.
 
-    Measures fine dark chromatin grains smaller than the structuring element; 0 for a
-    smooth nucleus.
+    Grain finer than one pixel (white noise) gives the same contrast at every distance:
+    ratio ≈ 1. Clumps of size s change little between neighbours and a lot across s
+    pixels: the ratio grows towards s for blocks of size s (stripes 4 px wide give 4).
+    "Cracked-earth" CLL chromatin reads high, fine open chromatin near 1. NaN for a flat
+    region.
     """
-    tophat = cv2.morphologyEx(darkness, cv2.MORPH_TOPHAT,
-                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    return float(tophat[mask].mean()) if mask.any() else np.nan
+    return float(contrast_far / contrast_near) if contrast_near > 0 else np.nan
+
+
+def granularity(tophat: np.ndarray, mask: np.ndarray, reference_density: float) -> float:
+    """Mean white top-hat of the green-channel optical density D inside a region, relative to the
+    nucleus's mean density: mean_X(D − open_k(D)) / μ_N(D), ≥ 0, unitless.
+
+    The top-hat keeps dense grains smaller than its structuring element k (3×3 ellipse in
+    the nucleus: chromatin grain; 5×5 in the cytoplasm: azurophilic granules). 0 for a
+    smooth region. Dividing by the nucleus's density cancels gamma and stain strength.
+    """
+    if not mask.any() or not reference_density > 0:
+        return np.nan
+    return float(tophat[mask].mean() / reference_density)
+
+
+def granule_fraction(tophat: np.ndarray, mask: np.ndarray, reference_density: float,
+                     level: float = 0.25) -> float:
+    """Share of a region's pixels that belong to dense granules, in [0, 1].
+
+    A pixel is a granule pixel when its white top-hat of density (5×5 ellipse) exceeds
+    ``level`` (0.25) times the nucleus's mean density: a dot a quarter as dense as
+    chromatin above its surroundings. 0 for agranular cytoplasm; large granular
+    lymphocytes read higher.
+    """
+    if not mask.any() or not reference_density > 0:
+        return np.nan
+    return float(np.count_nonzero(tophat[mask] > level * reference_density) / mask.sum())
+
+
+def nucleolus_spots(blackhat: np.ndarray, inner: np.ndarray, reference_density: float,
+                    level: float = 0.4, min_area: int = 5) -> tuple[int, float]:
+    """Nucleoli: pale round spots inside the chromatin. Returns (count, area in pixels).
+
+    A spot is a connected group of at least ``min_area`` pixels of the nucleus interior
+    (the nucleus eroded by 2 px) whose black top-hat of density, close_9x9(D) − D, exceeds
+    ``level`` (0.4) times the nucleus's mean density, and that is round enough: it fills
+    at least half of its bounding box, whose sides differ at most twofold. Spots larger than
+    the 9×9 element are not seen. Gamma and gains cancel (relative to the nucleus's
+    density). Count ≥ 0; area fraction = area / A(N), in [0, 1).
+    """
+    if not inner.any() or not reference_density > 0:
+        return 0, 0.0
+    spots = ((blackhat > level * reference_density) & inner).view(np.uint8)
+    if not spots.any():
+        return 0, 0.0
+    _, _, stats, _ = cv2.connectedComponentsWithStats(spots, connectivity=8)
+    w, h, a = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_AREA]
+    keep = (a >= min_area) & (a >= 0.5 * w * h) & (np.maximum(w, h) <= 2 * np.minimum(w, h))
+    return int(keep.sum()), float(a[keep].sum())
+
+
+# ------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class References:
+    """Colour references of one image, as ln(I + 1) of per-channel medians (R, G, B).
+
+    Attributes
+    ----------
+    plasma, red_cells : ndarray of float, shape (3,)
+        Centres of the plasma and red-cell classes (NaN when fewer than
+        :data:`MIN_REFERENCE_PIXELS` sampled pixels fell in the class, or, for the red
+        cells, when the class absorbs almost nothing: see :func:`find_references`).
+    nucleus : ndarray of float, shape (3,)
+        The segmented nucleus's median, the fixed centre of the nuclear class.
+    n_plasma, n_red_cells : int
+        Sampled pixels in each class.
+    """
+
+    plasma: np.ndarray
+    red_cells: np.ndarray
+    nucleus: np.ndarray
+    n_plasma: int
+    n_red_cells: int
+
+    @property
+    def red_cell_od(self) -> np.ndarray:
+        """OD_c(RBC) = ln P_c − ln RBC_c per channel."""
+        return self.plasma - self.red_cells
+
+    def classify(self, ln_pixels: np.ndarray) -> np.ndarray:
+        """Nearest centre (0 plasma, 1 red cells, 2 nuclear material) of (n, 3) ln pixels."""
+        return _nearest(ln_pixels, np.stack([self.plasma, self.red_cells, self.nucleus]))
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    # squared Euclidean distance up to the per-pixel constant |x|^2: |c|^2 - 2 x.c
+    c = np.nan_to_num(np.asarray(centres, np.float32), nan=1e6)
+    return np.argmin((c * c).sum(1) - 2 * (x @ c.T), axis=1)
+
+
+def lower_median(values: np.ndarray) -> np.ndarray:
+    """Per-column lower median (the ⌈n/2⌉-th smallest value) of an (n, k) array.
+
+    No interpolation between two values, so for any increasing map f, the lower median of
+    f(values) is f(lower median of values) exactly: what makes optical densities of
+    medians cancel gains and gamma exactly (module docstring).
+    """
+    k = (len(values) - 1) // 2
+    return np.partition(values, k, axis=0)[k]
+
+
+def masked_lower_median(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel :func:`lower_median` of a uint8 (H, W, 3) image under a mask, from
+    256-bin histograms (a few times cheaper than sorting the pixels)."""
+    m = np.ascontiguousarray(mask).view(np.uint8)
+    n = cv2.countNonZero(m)
+    out = np.empty(3)
+    for c in range(3):
+        h = cv2.calcHist([image], [c], m, [256], [0, 256]).ravel()
+        out[c] = np.searchsorted(np.cumsum(h), (n - 1) // 2 + 1)
+    return out
+
+
+def _otsu_ln(values_u8: np.ndarray) -> float:
+    """Two-class Otsu threshold on ln(v + 1) of uint8 values, exact (no binning): the
+    between-class variance is evaluated at every distinct value. An affine map of the
+    ln values maps the threshold the same way (what makes the plasma/red-cell split
+    invariant to gains and gamma). Returns the largest ln value of the dark class."""
+    hist = np.bincount(values_u8, minlength=256).astype(float)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * _LN)
+    w1, m1 = w0[-1] - w0, m0[-1] - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2
+    between[~np.isfinite(between)] = -1
+    return float(_LN[int(np.argmax(between))])
+
+
+def find_references(image: np.ndarray, seg: Segmentation, nucleus_centre: np.ndarray, *,
+                    step: int = REFERENCE_STEP, iterations: int = 1) -> References:
+    """Plasma and red-cell colours of one image, from its background.
+
+    Every ``step``-th pixel in each direction outside the cell (``seg.cell | seg.hull``,
+    dilated by one sampled pixel) is mapped to (ln(R+1), ln(G+1), ln(B+1)). Pixels darker
+    in ln G than halfway between the nucleus and the lightest background (99th
+    percentile) are nuclear material (other white cells, platelets); a two-class Otsu
+    split of ln G over the others gives the initial plasma (light) and red-cell (dark)
+    centres as class medians; then ``iterations`` rounds of k-medians with three centres
+    (plasma, red cells, and nuclear material fixed at ``nucleus_centre``) refine them. A
+    red-cell class whose mean OD is under :data:`RBC_MIN_OD_SHARE` of the nucleus's (an
+    image without red cells, where Otsu splits the plasma) gives NaN red cells. Gains
+    translate this space and gamma scales it, and each step (quantiles, midpoints, Otsu on
+    the values' own range, nearest centre, lower medians) is equivariant to both, so the
+    same pixels are chosen as plasma and red cells whatever the white balance.
+
+    Parameters
+    ----------
+    image : ndarray of uint8, shape (H, W, 3), RGB
+    seg : Segmentation
+    nucleus_centre : ndarray, shape (3,)
+        ln(I + 1) of the nucleus's per-channel lower median.
+    """
+    sub = image[::step, ::step]
+    excl = np.ascontiguousarray((seg.cell | seg.hull)[::step, ::step]).view(np.uint8)
+    excl = cv2.dilate(excl, _ELLIPSE3)
+    px = sub[excl == 0]
+    ln = _LN[px]
+    nan3 = np.full(3, np.nan)
+    empty = References(nan3, nan3, nucleus_centre, 0, 0)
+    if len(ln) < 2 * MIN_REFERENCE_PIXELS:
+        return empty
+    # nuclear material first: darker in ln G than halfway between the nucleus and the
+    # lightest background; Otsu then splits the rest into plasma and red cells
+    g = ln[:, 1]
+    q99 = int(0.99 * (len(px) - 1))  # an order statistic: equivariant like a median
+    lightest = _LN[np.partition(px[:, 1], q99)[q99]]
+    rest = g > (nucleus_centre[1] + lightest) / 2
+    if np.count_nonzero(rest) < 2 * MIN_REFERENCE_PIXELS:
+        return empty
+    t = _otsu_ln(px[rest, 1])
+    labels = np.where(rest, np.where(g > t, 0, 1), 2)
+
+    def centre(k):
+        members = px[labels == k]
+        return _LN[lower_median(members)].astype(float) if len(members) else nan3
+
+    plasma, red = centre(0), centre(1)
+    for _ in range(iterations):
+        labels = _nearest(ln, np.stack([plasma, red, nucleus_centre]))
+        plasma, red = centre(0), centre(1)
+    n_p, n_r = int(np.count_nonzero(labels == 0)), int(np.count_nonzero(labels == 1))
+    if n_p < MIN_REFERENCE_PIXELS:
+        plasma = nan3
+    # no red cells in the image: Otsu then splits the plasma, and the "red cells" absorb
+    # almost nothing next to the nucleus (a ratio of ODs: invariant like the features)
+    od_n = np.mean(plasma - nucleus_centre)
+    if n_r < MIN_REFERENCE_PIXELS or not np.mean(plasma - red) > RBC_MIN_OD_SHARE * od_n:
+        red = nan3
+    return References(plasma, red, nucleus_centre, n_p, n_r)
 
 
 # ------------------------------------------------------------------------- measurements
@@ -232,13 +606,14 @@ def granularity(darkness: np.ndarray, mask: np.ndarray) -> float:
 class CellMeasurements:
     """The costly pieces of one segmented cell, computed once and shared by the features.
 
-    Everything is computed on a crop around the nucleus hull and the cell, so the cost does
-    not grow with the image size.
+    Everything but the image references is computed on a crop around the nucleus hull and
+    the cell, so the cost does not grow with the image size.
     """
 
     def __init__(self, image: np.ndarray, seg: Segmentation, margin: int = 2):
         if not seg.ok:
             raise ValueError(f"cannot measure a cell whose segmentation status is {seg.status!r}")
+        self._image, self._seg = image, seg
         h, w = seg.nucleus.shape
         if seg.box is not None:
             x, y, x1, y1 = seg.box
@@ -252,11 +627,12 @@ class CellMeasurements:
         self.nucleus = seg.nucleus[y0:y1, x0:x1]
         self.hull = seg.hull[y0:y1, x0:x1]
         self.roc = seg.roc[y0:y1, x0:x1]
-        self.cell = seg.cell[y0:y1, x0:x1]
+        self.cell = seg.cell[y0:y1, x0:x1] | self.nucleus
         self.cytoplasm = self.cell & ~self.nucleus
         self.contour = seg.contour - (x0, y0)
         self.hull_contour = seg.hull_contour - (x0, y0)
 
+    # ---- nucleus shape
     @cached_property
     def nucleus_area(self):
         return area(self.nucleus)
@@ -264,10 +640,6 @@ class CellMeasurements:
     @cached_property
     def hull_area(self):
         return area(self.hull)
-
-    @cached_property
-    def cell_area(self):
-        return area(self.cell)
 
     @cached_property
     def nucleus_perimeter(self):
@@ -291,93 +663,166 @@ class CellMeasurements:
         m = self.moments
         return ellipse_axes(m["mu20"], m["mu02"], m["mu11"], m["m00"])
 
+    # ---- cell shape
     @cached_property
-    def colour_images(self) -> list[np.ndarray]:
-        """The crop in RGB, HSV, LAB and YCrCb (uint8, OpenCV encodings), in that order."""
-        return [self.rgb] + [cv2.cvtColor(self.rgb, c) for c in _CONVERSIONS.values()]
-
-    @cached_property
-    def _stats(self) -> dict:
-        # cv2.meanStdDev on the uint8 images under each mask: no float copies of the crop
-        # (about 4x cheaper than NumPy masking, measured on real cells). Population σ. The
-        # hull is the disjoint union of nucleus and ROC: its moments are pooled from theirs.
-        out = {}
-        counts = {}
-        for region in ("nucleus", "roc", "cytoplasm"):
-            mask = np.ascontiguousarray(getattr(self, region)).view(np.uint8)
-            counts[region] = n = cv2.countNonZero(mask)
-            out[region] = self._masked_stats(mask if n >= MIN_REGION_PIXELS else None)
-        n_n, n_r = counts["nucleus"], counts["roc"]
-        if n_n >= MIN_REGION_PIXELS and n_r >= MIN_REGION_PIXELS:
-            (m_n, s_n), (m_r, s_r) = out["nucleus"], out["roc"]
-            mean = (n_n * m_n + n_r * m_r) / (n_n + n_r)
-            sq = (n_n * (s_n ** 2 + m_n ** 2) + n_r * (s_r ** 2 + m_r ** 2)) / (n_n + n_r)
-            out["hull"] = (mean, np.sqrt(np.maximum(sq - mean ** 2, 0.0)))
-        else:
-            mask = np.ascontiguousarray(self.hull).view(np.uint8)
-            enough = cv2.countNonZero(mask) >= MIN_REGION_PIXELS
-            out["hull"] = self._masked_stats(mask if enough else None)
-        return out
-
-    def _masked_stats(self, mask):
-        if mask is None:
-            nan = np.full(12, np.nan)
-            return nan, nan
-        stats = [cv2.meanStdDev(img, mask=mask) for img in self.colour_images]
-        return (np.concatenate([m.ravel() for m, _ in stats]),
-                np.concatenate([sd.ravel() for _, sd in stats]))
-
-    def region_stats(self, region: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of the 12 channels over a region's pixels (NaN when
-        the region has fewer than :data:`MIN_REGION_PIXELS` pixels)."""
-        return self._stats[region]
+    def cell_u8(self) -> np.ndarray:
+        return np.ascontiguousarray(self.cell).view(np.uint8)
 
     @cached_property
-    def colour_ratios(self) -> dict[str, float]:
-        """The 48 Tavakoli ratios, computed for all 12 channels at once."""
-        hull_mean, hull_std = self.region_stats("hull")
-        out = {}
-        for obj, region in (("Nucleus", "nucleus"), ("ROC", "roc")):
-            mean, std = self.region_stats(region)
-            mr, sr = mean_ratio(mean, hull_mean), std_ratio(std, hull_std)
-            for space, ch, k in _CHANNEL_INDEX:
-                out[f"{obj}_Colour_{space}_{ch}_MeanRatio"] = float(mr[k])
-                out[f"{obj}_Colour_{space}_{ch}_StdRatio"] = float(sr[k])
-        return out
+    def cell_area(self):
+        return area(self.cell)
 
     @cached_property
-    def darkness(self) -> np.ndarray:
-        """255 − LAB lightness (uint8): chromatin is bright here."""
-        return 255 - self.colour_images[2][:, :, 0]
+    def cell_contour(self) -> np.ndarray:
+        cnts, _ = cv2.findContours(self.cell_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        return max(cnts, key=cv2.contourArea).reshape(-1, 2)
 
-    def glcm(self, region: str) -> np.ndarray | None:
-        """Normalised, symmetric GLCM (distance 1, four angles averaged) of the darkness
-        image inside a region, quantised to :data:`GLCM_LEVELS` levels over the region's own
-        range; None when the region has too few pixels."""
-        cache = self.__dict__.setdefault("_glcm", {})
+    @cached_property
+    def cell_hull(self) -> tuple[np.ndarray, np.ndarray]:
+        """Convex hull of the cell: its polygon (K, 2) and its filled mask (bool)."""
+        poly = cv2.convexHull(self.cell_contour.reshape(-1, 1, 2)).reshape(-1, 2)
+        mask = np.zeros_like(self.cell_u8)
+        cv2.fillConvexPoly(mask, poly.reshape(-1, 1, 2), 1)
+        return poly, (mask | self.cell_u8).view(bool)
+
+    @cached_property
+    def cell_perimeter(self):
+        return perimeter(self.cell_contour)
+
+    @cached_property
+    def cell_centroid(self):
+        m = cv2.moments(self.cell_u8, binaryImage=True)
+        return (m["m10"] / m["m00"], m["m01"] / m["m00"])
+
+    @cached_property
+    def rim_widths(self) -> np.ndarray:
+        """Distance (pixels) from each cell-boundary pixel to the nearest nucleus pixel."""
+        outside = np.ascontiguousarray(~self.nucleus).view(np.uint8)
+        dist = cv2.distanceTransform(outside, cv2.DIST_L2, 5)
+        c = self.cell_contour
+        return dist[c[:, 1], c[:, 0]]
+
+    @cached_property
+    def red_in_deficiency(self) -> float:
+        """Red-cell pixels in the cell's convex hull but outside the cell."""
+        deficiency = self.cell_hull[1] & ~self.cell
+        if not deficiency.any() or not np.isfinite(self.references.red_cells).all():
+            return 0.0 if np.isfinite(self.references.red_cells).all() else np.nan
+        labels = self.references.classify(self.ln[deficiency])
+        return float(np.count_nonzero(labels == 1))
+
+    # ---- colour
+    @cached_property
+    def ln(self) -> np.ndarray:
+        """ln(I + 1) of the crop, float32 (H, W, 3)."""
+        return _LN[self.rgb]
+
+    @cached_property
+    def references(self) -> References:
+        return find_references(self._image, self._seg, self.region_ln_median("nucleus"))
+
+    def region_ln_median(self, region: str) -> np.ndarray:
+        """ln(1 + lower median) per channel over a region (NaN under
+        :data:`MIN_REGION_PIXELS` pixels)."""
+        cache = self.__dict__.setdefault("_medians", {})
         if region not in cache:
-            cache[region] = _masked_glcm(self.darkness, getattr(self, region))
+            mask = getattr(self, region)
+            cache[region] = (_LN[masked_lower_median(self.rgb, mask).astype(int)].astype(float)
+                             if np.count_nonzero(mask) >= MIN_REGION_PIXELS else np.full(3, np.nan))
         return cache[region]
 
+    def od(self, region: str) -> np.ndarray:
+        """OD_c(region) = ln P_c − ln(1 + lower median) per channel, against the plasma."""
+        return self.references.plasma - self.region_ln_median(region)
 
-def _masked_glcm(gray: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    @cached_property
+    def density(self) -> np.ndarray:
+        """Per-pixel optical density of the green channel, D = ln P_G − ln(G + 1), float32.
+
+        Where the plasma reference is missing, ln 256 stands in for ln P_G: texture and
+        the relative measures read D only up to an additive constant and a scale."""
+        p = self.references.plasma[1]
+        if not np.isfinite(p):
+            p = _LN[255]
+        return np.float32(p) - _LN[self.rgb[:, :, 1]]
+
+    def density_stats(self, region: str) -> tuple[float, float]:
+        """Mean and standard deviation of D over a region."""
+        mask = np.ascontiguousarray(getattr(self, region)).view(np.uint8)
+        if cv2.countNonZero(mask) < MIN_REGION_PIXELS:
+            return np.nan, np.nan
+        m, s = cv2.meanStdDev(self.density, mask=mask)
+        return float(m[0, 0]), float(s[0, 0])
+
+    @cached_property
+    def nucleus_density(self) -> float:
+        return self.density_stats("nucleus")[0]
+
+    # ---- texture
+    def _tophat(self, inside: np.ndarray, kernel) -> np.ndarray:
+        # outside the region the density is raised to its maximum, so that a lighter
+        # surround (plasma around the cell, cytoplasm around the nucleus) does not turn the
+        # region's own outline into "grains"
+        d = self.density.copy()
+        d[~inside] = d.max()
+        return cv2.morphologyEx(d, cv2.MORPH_TOPHAT, kernel)
+
+    @cached_property
+    def tophat3(self) -> np.ndarray:
+        """White top-hat (3×3 ellipse) of D within the nucleus."""
+        return self._tophat(self.nucleus, _ELLIPSE3)
+
+    @cached_property
+    def tophat5(self) -> np.ndarray:
+        """White top-hat (5×5 ellipse) of D within the cell."""
+        return self._tophat(self.cell, _ELLIPSE5)
+
+    @cached_property
+    def nucleoli(self) -> tuple[int, float]:
+        # on the nucleus's bounding box only (spots lie inside the eroded nucleus)
+        nuc = np.ascontiguousarray(self.nucleus).view(np.uint8)
+        x, y, w, h = cv2.boundingRect(nuc)
+        blackhat = cv2.morphologyEx(self.density[y:y + h, x:x + w], cv2.MORPH_BLACKHAT,
+                                    _ELLIPSE9, borderType=cv2.BORDER_REPLICATE)
+        inner = cv2.erode(nuc[y:y + h, x:x + w], _ELLIPSE5).view(bool)
+        return nucleolus_spots(blackhat, inner, self.nucleus_density)
+
+    def glcm(self, region: str, distance: int = 1) -> np.ndarray | None:
+        """Normalised, symmetric GLCM (four angles averaged) at a pixel distance of the
+        density image inside a region, quantised to :data:`GLCM_LEVELS` levels over the
+        region's own range; None when the region has too few pixels."""
+        cache = self.__dict__.setdefault("_glcm", {})
+        if region not in cache:
+            cache[region] = _masked_glcm(self.density, getattr(self, region),
+                                         GLCM_DISTANCES if region == "nucleus" else (1,))
+        ps = cache[region]
+        return None if ps is None else ps.get(distance)
+
+
+def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | None:
     # Pixels outside the mask get level 0 and every pair touching level 0 is dropped, so
     # only pairs of two region pixels count. Computed on the region's bounding box.
+    # Returns {distance: normalised GLCM}, without distances that have no pair.
     from skimage.feature import graycomatrix
 
     mask_u8 = np.ascontiguousarray(mask).view(np.uint8)
     if cv2.countNonZero(mask_u8) < MIN_REGION_PIXELS:
         return None
     x, y, w, h = cv2.boundingRect(mask_u8)
-    gray, mask_u8 = gray[y:y + h, x:x + w], mask_u8[y:y + h, x:x + w]
+    gray = np.ascontiguousarray(gray[y:y + h, x:x + w], dtype=np.float32)
+    mask_u8 = np.ascontiguousarray(mask_u8[y:y + h, x:x + w])
     lo, hi, _, _ = cv2.minMaxLoc(gray, mask_u8)
     scale = (GLCM_LEVELS - 1e-3) / (hi - lo) if hi > lo else 0.0
-    lut = 1 + (np.arange(256, dtype=np.float32) - np.float32(lo)) * np.float32(scale)
-    q = np.clip(lut, 0, GLCM_LEVELS).astype(np.uint8)[gray] * mask_u8
-    p = graycomatrix(q, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=GLCM_LEVELS + 1,
-                     symmetric=True)[1:, 1:, 0, :].sum(axis=-1).astype(float)
-    total = p.sum()
-    return p / total if total > 0 else None
+    q = np.clip(1 + (gray - np.float32(lo)) * np.float32(scale), 0, GLCM_LEVELS)
+    q = q.astype(np.uint8) * mask_u8
+    p = graycomatrix(q, list(distances), [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
+                     levels=GLCM_LEVELS + 1, symmetric=True)[1:, 1:, :, :].sum(axis=-1)
+    out = {}
+    for k, d in enumerate(distances):
+        total = p[:, :, k].sum()
+        if total > 0:
+            out[d] = p[:, :, k] / float(total)
+    return out or None
 
 
 # ------------------------------------------------------------------------- registry
@@ -406,13 +851,21 @@ def _register(name: str, func: Callable, compute: Callable[[CellMeasurements], f
     REGISTRY[name] = Feature(name, func, compute)
 
 
-def _glcm_feature(func, region):
+def _glcm_feature(func, region, distance=1):
     def compute(m):
-        p = m.glcm(region)
+        p = m.glcm(region, distance)
         return func(p) if p is not None else np.nan
     return compute
 
 
+def _clumping(m):
+    far, near = m.glcm("nucleus", 4), m.glcm("nucleus", 1)
+    if far is None or near is None:
+        return np.nan
+    return clumping_index(glcm_contrast(far), glcm_contrast(near))
+
+
+# nucleus shape
 _register("Nucleus_Shape_Area", area, lambda m: m.nucleus_area)
 _register("Nucleus_Shape_Perimeter", perimeter, lambda m: m.nucleus_perimeter)
 _register("Nucleus_Shape_Solidity", solidity, lambda m: solidity(m.nucleus_area, m.hull_area))
@@ -425,43 +878,59 @@ _register("Nucleus_Shape_MinorAxisLength", ellipse_axes, lambda m: m.axes[1])
 _register("Nucleus_Shape_Eccentricity", eccentricity, lambda m: eccentricity(*m.axes))
 _register("Nucleus_Shape_BoundaryIrregularity", boundary_irregularity,
           lambda m: boundary_irregularity(m.contour, m.centroid))
+
+# cell and cytoplasm shape
 _register("Cell_Shape_Area", area, lambda m: m.cell_area)
+_register("Cell_Shape_EquivalentDiameter", equivalent_diameter,
+          lambda m: equivalent_diameter(m.cell_area))
 _register("Cell_Shape_NucleusAreaRatio", area_ratio,
           lambda m: area_ratio(m.nucleus_area, m.cell_area))
-_register("Cytoplasm_Shape_RimThickness", rim_thickness,
-          lambda m: rim_thickness(m.nucleus_area, m.cell_area))
+_register("Cell_Shape_Solidity", solidity,
+          lambda m: solidity(m.cell_area, area(m.cell_hull[1])))
+_register("Cell_Shape_Convexity", convexity,
+          lambda m: convexity(m.cell_perimeter, perimeter(m.cell_hull[0])))
+_register("Cell_Shape_Circularity", circularity,
+          lambda m: circularity(m.cell_perimeter, m.cell_area))
+_register("Cell_Shape_NucleusOffset", centroid_offset,
+          lambda m: centroid_offset(m.centroid, m.cell_centroid, m.cell_area))
+_register("Cell_Shape_RedCellIndentation", red_cell_indentation,
+          lambda m: red_cell_indentation(m.red_in_deficiency, area(m.cell_hull[1])))
+_register("Cytoplasm_Shape_RimWidthMean", rim_width_mean, lambda m: rim_width_mean(m.rim_widths))
+_register("Cytoplasm_Shape_RimWidthStd", rim_width_std, lambda m: rim_width_std(m.rim_widths))
 
-for _space, _ch, _k in _CHANNEL_INDEX:
-    for _obj in ("Nucleus", "ROC"):
-        for _stat, _func in (("MeanRatio", mean_ratio), ("StdRatio", std_ratio)):
-            _name = f"{_obj}_Colour_{_space}_{_ch}_{_stat}"
-            _register(_name, _func, lambda m, n=_name: m.colour_ratios[n])
+# colour, relative to the same image's plasma and red cells
+for _obj, _region in (("Nucleus", "nucleus"), ("Cytoplasm", "cytoplasm")):
+    for _k, _ch in enumerate("RGB"):
+        _register(f"{_obj}_Colour_OD_{_ch}_RelRBC", relative_od,
+                  lambda m, r=_region, k=_k: relative_od(m.od(r)[k], m.references.red_cell_od[k]))
+_register("Cytoplasm_Colour_OD_Basophilia", basophilia,
+          lambda m: basophilia(m.od("cytoplasm"), m.references.red_cell_od))
+_register("Cytoplasm_Colour_OD_NucleusDensityRatio", density_ratio,
+          lambda m: density_ratio(m.od("cytoplasm"), m.od("nucleus")))
+for _obj, _region in (("Nucleus", "nucleus"), ("Cytoplasm", "cytoplasm")):
+    _register(f"{_obj}_Colour_OD_Heterogeneity", od_heterogeneity,
+              lambda m, r=_region: od_heterogeneity(*m.density_stats(r)))
 
-
-def channel_mean(region_mean: float) -> float:
-    """Mean of one colour channel over a region, in the channel's 8-bit units.
-
-    Absolute colour is sensitive to stain drift; the ratios above are not.
-    """
-    return float(region_mean)
-
-
-for _obj, _region, _space, _ch in (("Nucleus", "nucleus", "LAB", "L"),
-                                   ("Nucleus", "nucleus", "HSV", "S"),
-                                   ("Cytoplasm", "cytoplasm", "HSV", "S"),
-                                   ("Cytoplasm", "cytoplasm", "HSV", "H"),
-                                   ("Cytoplasm", "cytoplasm", "LAB", "L")):
-    _k = [k for s, c, k in _CHANNEL_INDEX if s == _space and c == _ch][0]
-    _register(f"{_obj}_Colour_{_space}_{_ch}_Mean", channel_mean,
-              lambda m, r=_region, k=_k: channel_mean(m.region_stats(r)[0][k]))
-
+# texture, on the density quantised over each region's own range
 for _obj, _region in (("Nucleus", "nucleus"), ("Cytoplasm", "cytoplasm")):
     for _name, _func in (("Contrast", glcm_contrast), ("Homogeneity", glcm_homogeneity),
                          ("Energy", glcm_energy), ("Entropy", glcm_entropy),
                          ("Correlation", glcm_correlation)):
         _register(f"{_obj}_Texture_GLCM_{_name}", _func, _glcm_feature(_func, _region))
+for _d in GLCM_DISTANCES[1:]:
+    for _name, _func in (("Contrast", glcm_contrast), ("Correlation", glcm_correlation)):
+        _register(f"Nucleus_Texture_GLCM_{_name}_D{_d}", _func,
+                  _glcm_feature(_func, "nucleus", _d))
+_register("Nucleus_Texture_ClumpingIndex", clumping_index, _clumping)
 _register("Nucleus_Texture_Granularity", granularity,
-          lambda m: granularity(m.darkness, m.nucleus))
+          lambda m: granularity(m.tophat3, m.nucleus, m.nucleus_density))
+_register("Cytoplasm_Texture_Granularity", granularity,
+          lambda m: granularity(m.tophat5, m.cytoplasm, m.nucleus_density))
+_register("Cytoplasm_Texture_GranuleFraction", granule_fraction,
+          lambda m: granule_fraction(m.tophat5, m.cytoplasm, m.nucleus_density))
+_register("Nucleus_Texture_NucleolusCount", nucleolus_spots, lambda m: float(m.nucleoli[0]))
+_register("Nucleus_Texture_NucleolusAreaFraction", nucleolus_spots,
+          lambda m: m.nucleoli[1] / m.nucleus_area if m.nucleus_area > 0 else np.nan)
 
 #: Every feature name, in registry order (the column order of feature tables).
 FEATURE_NAMES: tuple[str, ...] = tuple(REGISTRY)
@@ -483,7 +952,8 @@ def compute_features(image: np.ndarray, seg: Segmentation,
     -------
     dict of str to float
         NaN where a feature is undefined for this cell (e.g. an empty ROC for a perfectly
-        convex nucleus, or no cytoplasm found): the function's docstring says when.
+        convex nucleus, no cytoplasm found, or no red cells in the image for the
+        ``_RelRBC`` features): the function's docstring says when.
     """
     m = CellMeasurements(image, seg)
     names = FEATURE_NAMES if names is None else names

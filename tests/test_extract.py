@@ -19,7 +19,9 @@ def test_rows_follow_input_and_failures_have_reasons(tmp_path):
     assert (out["QC_DETAIL"][1:] != "").all()  # every NaN row says why
     assert out["QC_STATUS"][0] == "ok" and out["QC_STATUS"][2] == "blank_image"
     assert out["QC_STATUS"][1].startswith("unreadable") and out["QC_STATUS"][3].startswith("unreadable")
-    assert out.loc[0, FEATURE_NAMES].notna().sum() > 60
+    # a drawn cell has plasma, red cells, nucleus and cytoplasm: every feature but
+    # the nucleolus-free ones is defined (at most the ratio of a zero texture contrast)
+    assert out.loc[0, FEATURE_NAMES].notna().sum() >= len(FEATURE_NAMES) - 2
     assert out.loc[1:, FEATURE_NAMES].isna().all().all()
 
 
