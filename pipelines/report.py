@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .io import write_text
+from .stability import report_lines as stability_report_lines
 
 def group_of(name: str) -> str:
     """Which inputs a candidate uses: clinical only, image only, or both."""
@@ -208,5 +209,6 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
         lines += ["## Feature importances of the chosen model", "",
                   "![importances](importances.png)", "",
                   *[f"- `{n}`: {v:.4f}" for n, v in imp.head(10).items()], ""]
+    lines += stability_report_lines(out)  # written by pipelines.stability before this report
     write_text(out / "README.md", "\n".join(lines))
     return out

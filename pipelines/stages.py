@@ -107,6 +107,7 @@ def stage_train(args):
 
     from .bundle import save_bundle
     from .report import write_report
+    from .stability import stage_hook as colour_stability
 
     cohort = _load(args)
     feat_dir = _features(args, cohort)
@@ -162,6 +163,7 @@ def stage_train(args):
     model_bundle = {"main": final, "explainer": explainer, **fallbacks}
     save_bundle(args.model, pipeline=model_bundle, meta=meta)
     report_dir = args.report or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    colour_stability(cohort, feat_dir, lab, y, chosen, report_dir, args, log=_log)  # issue 14
     write_report(report_dir, res, summary, chosen, final, lab, y, meta)
     latest = Path("reports/latest")
     if args.report is None:
