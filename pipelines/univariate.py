@@ -1,0 +1,206 @@
+"""Which features carry signal: patient-level, out-of-fold univariate AUC with its spread.
+
+For every patient-level feature (the bag statistics of every cell feature, e.g.
+``Bag_Mean_Cell_Shape_Area`` and ``Bag_Std_Cell_Shape_Area``, and every bag feature such as
+``Bag_Heterogeneity_PixelDispersion``) :func:`univariate_auc` answers "how well does this
+one number, alone, separate tumoral from reactive patients it was not fitted on?".
+
+A single feature has no parameter but its *direction* (is a high value tumoral or
+reactive?). Reading the direction off all patients and then quoting max(AUC, 1 − AUC) is
+optimistic: a feature with no signal still scores above 0.5. Here the direction is
+learnt on the training patients of each fold (the side of 0.5 of the training AUC) and
+applied to the held-out patients; their scores are pooled over the folds of one repeat
+into one out-of-fold AUC, and the folds are repeated with other shuffles. So a feature
+without signal has an out-of-fold AUC around or below 0.5, and the spread over repeats
+shows how much of a value is the split. The report reads:
+
+``AUC_OOF``
+    mean over repeats of the out-of-fold AUC (orientation learnt in-fold), in [0, 1];
+``AUC_OOF_SD``, ``AUC_OOF_Q05``, ``AUC_OOF_Q95``
+    its standard deviation and 5/95 % quantiles over repeats;
+``DIRECTION``
+    ``"higher in tumoral"`` or ``"lower in tumoral"``, on all patients;
+``DIRECTION_AGREEMENT``
+    share of training folds whose learnt direction is that one (1 = stable);
+``AUC_IN_SAMPLE``
+    max(AUC, 1 − AUC) on all patients, for reference only (optimistic);
+``N``
+    patients with a value.
+
+This module reads no report code: the report (Markdown or HTML) calls
+:func:`univariate_auc` on the patient table it already has, or
+:func:`patient_table` + :func:`univariate_auc` from the cell table. Run alone::
+
+    python -m pipelines.univariate FEATURES_DIR DATA --out build/univariate.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.model_selection import StratifiedKFold
+
+__all__ = ["univariate_auc", "patient_table", "auc", "main"]
+
+COLUMNS = ["FEATURE", "N", "AUC_OOF", "AUC_OOF_SD", "AUC_OOF_Q05", "AUC_OOF_Q95",
+           "DIRECTION", "DIRECTION_AGREEMENT", "AUC_IN_SAMPLE"]
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC of score ``x`` for labels ``y`` in {0, 1} (Mann-Whitney, ties count 1/2);
+    NaN when a class is absent."""
+    y = np.asarray(y).astype(bool)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return np.nan
+    r = rankdata(x)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def univariate_auc(table: pd.DataFrame, y, *, folds: int = 5, repeats: int = 10,
+                   seed: int = 0, min_patients: int = 10) -> pd.DataFrame:
+    """Out-of-fold univariate AUC of every column of a patient-level table.
+
+    Parameters
+    ----------
+    table : DataFrame, one row per patient (index: patient ID)
+        Numeric feature columns (non-numeric ones are skipped), e.g. from
+        :func:`patient_table`. NaN values: that patient is left out for that feature only.
+    y : Series or array of {0, 1}
+        Labels (1 = tumoral), aligned with ``table`` (a Series is aligned by index).
+    folds, repeats, seed : int
+        Stratified ``folds``-fold splits of the patients, ``repeats`` times with shuffles
+        ``seed``, ``seed + 1``, ...: the same splits for every feature.
+    min_patients : int
+        Features with fewer patients with a value are reported with NaN AUCs.
+
+    Returns
+    -------
+    DataFrame
+        One row per feature, columns :data:`COLUMNS` (see the module docstring), sorted by
+        ``AUC_OOF`` (highest first).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 30)
+    >>> t = pd.DataFrame({"signal": y + rng.normal(0, 0.5, 60), "noise": rng.normal(size=60)})
+    >>> out = univariate_auc(t, y, repeats=3)
+    >>> out["FEATURE"].tolist(), bool(out["AUC_OOF"].iloc[0] > 0.8)
+    (['signal', 'noise'], True)
+    >>> out.set_index("FEATURE").loc["signal", "DIRECTION"]
+    'higher in tumoral'
+    """
+    if isinstance(y, pd.Series):
+        y = y.reindex(table.index)
+    y = np.asarray(y, dtype=float)
+    if len(y) != len(table):
+        raise ValueError(f"{len(y)} labels for {len(table)} patients")
+    if np.isnan(y).any() or not set(np.unique(y)) <= {0.0, 1.0}:
+        raise ValueError("labels must be 0 or 1 for every patient")
+    y = y.astype(int)
+    splits = [list(StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(y, y))
+              for r in range(repeats)]
+    rows = []
+    for name in table.columns:
+        col = table[name]
+        if not pd.api.types.is_numeric_dtype(col):
+            continue
+        rows.append(_one_feature(name, col.to_numpy(float), y, splits, min_patients))
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    return out.sort_values("AUC_OOF", ascending=False, na_position="last", kind="stable") \
+              .reset_index(drop=True)
+
+
+def _one_feature(name, x, y, splits, min_patients) -> dict:
+    ok = np.isfinite(x)
+    n = int(ok.sum())
+    row = dict.fromkeys(COLUMNS, np.nan)
+    row.update(FEATURE=name, N=n)
+    if n < min_patients or len(np.unique(y[ok])) < 2:
+        return row
+    a_all = auc(x[ok], y[ok])
+    sign_all = 1.0 if a_all >= 0.5 else -1.0
+    row["DIRECTION"] = "higher in tumoral" if sign_all > 0 else "lower in tumoral"
+    row["AUC_IN_SAMPLE"] = max(a_all, 1 - a_all)
+    aucs, agree = [], []
+    for repeat in splits:
+        score = np.full(len(y), np.nan)
+        for tr, te in repeat:
+            tr, te = tr[ok[tr]], te[ok[te]]
+            a = auc(x[tr], y[tr]) if len(tr) else np.nan
+            sign = 1.0 if not np.isfinite(a) or a >= 0.5 else -1.0
+            agree.append(sign == sign_all)
+            score[te] = sign * x[te]
+        aucs.append(auc(score[ok], y[ok]))
+    aucs = np.asarray(aucs)
+    row.update(AUC_OOF=float(np.nanmean(aucs)), AUC_OOF_SD=float(np.nanstd(aucs)),
+               AUC_OOF_Q05=float(np.nanquantile(aucs, 0.05)),
+               AUC_OOF_Q95=float(np.nanquantile(aucs, 0.95)),
+               DIRECTION_AGREEMENT=float(np.mean(agree)))
+    return row
+
+
+def patient_table(cells: pd.DataFrame, *, features=None, stats=("Mean", "Std"),
+                  bag_features: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Patient-level table: bag statistics of the cell features, plus bag features.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        The cell table (``cells.parquet``): ``ID``, ``QC_STATUS`` and feature columns.
+    features : list of str, optional
+        Cell features to aggregate; default :data:`cellfeat.features.FEATURE_NAMES` present
+        in ``cells``.
+    stats : tuple of str
+        Statistics of :class:`cellfeat.bags.BagAggregator` (default mean and std), giving
+        columns ``Bag_<Stat>_<feature>``.
+    bag_features : DataFrame, optional
+        Patient-level features indexed by ID (e.g. ``patients.parquet`` indexed by ID),
+        joined as they are.
+    """
+    from cellfeat.bags import BagAggregator
+    from cellfeat.features import FEATURE_NAMES
+
+    if features is None:
+        features = [f for f in FEATURE_NAMES if f in cells.columns]
+    bags = BagAggregator(stats=tuple(stats), features=list(features)).fit_transform(
+        cells[["ID", "QC_STATUS", *features]])
+    if bag_features is not None:
+        bags = bags.join(bag_features.select_dtypes("number"), how="left")
+    return bags
+
+
+def main(argv=None) -> int:
+    """``python -m pipelines.univariate FEATURES_DIR DATA --out CSV``: the table for the
+    labelled patients of a cohort whose features were computed into FEATURES_DIR."""
+    from cellfeat.data import load_cohort
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines.univariate", description=__doc__.split("\n")[0])
+    ap.add_argument("features", type=Path, help="feature folder (cells.parquet, patients.parquet)")
+    ap.add_argument("data", type=Path, help="cohort folder (for the labels)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args(argv)
+    cohort = load_cohort(args.data)
+    cells = pd.read_parquet(args.features / "cells.parquet")
+    extra = None
+    if (args.features / "patients.parquet").exists():
+        extra = pd.read_parquet(args.features / "patients.parquet").set_index("ID")
+    labelled = cohort.clinical.loc[cohort.labelled]
+    table = patient_table(cells[cells["ID"].isin(labelled.index)], bag_features=extra)
+    table = table.reindex(labelled.index)
+    out = univariate_auc(table, labelled["LABEL"].astype(int), repeats=args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out, index=False, float_format="%.4g")
+    print(out.head(20).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
