@@ -13,7 +13,7 @@ raise :class:`CohortError` naming the file and row.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -109,6 +109,16 @@ class Cohort:
             "images": int(self.n_images),
             "issues": self.issues["kind"].value_counts().to_dict(),
         }
+
+    def subset(self, ids) -> "Cohort":
+        """The same cohort restricted to the patients ``ids`` (in the clinical table's
+        order); issues about other patients are dropped, cohort-wide ones kept."""
+        keep = self.clinical.index.isin(list(ids))
+        clinical = self.clinical[keep]
+        who = self.issues["patient"].fillna("").astype(str)
+        issues = self.issues[who.isin(clinical.index) | (who == "")]
+        return replace(self, clinical=clinical, issues=issues.reset_index(drop=True),
+                       images={pid: self.images.get(pid, []) for pid in clinical.index})
 
 
 def parse_dob(value: str) -> date:
@@ -360,10 +370,16 @@ def _parse_age(rec: dict, reference_date: str, where: str, pid: str, issues: lis
     if "DOB" in rec:
         text = str(rec["DOB"]).strip()
         try:
-            age = age_at(parse_dob(text), reference_date)
+            dob = parse_dob(text)
         except ValueError as exc:
             issues.append(("warning", "bad_dob", pid, where, str(exc)))
             return np.nan
+        if dob > date.fromisoformat(reference_date):
+            issues.append(("warning", "dob_after_reference", pid, where,
+                           f"born {dob.isoformat()}, after {reference_date}, the reference "
+                           f"date at which ages are computed"))
+            return np.nan
+        age = age_at(dob, reference_date)
     else:
         try:
             age = float(rec["AGE"])

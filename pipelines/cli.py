@@ -1,7 +1,10 @@
 """The ``cellfeat`` command: synthetic | features | train | score | demo.
 
-Errors are one line naming the file/row and the fix (exit status 2); ``--debug`` shows
-the traceback instead.
+Errors are one line naming the file/row and the fix; ``--debug`` shows the traceback
+instead. Exit statuses (also in ``--help``): 0 done, 1 the stage stopped on a problem with the
+data, the model file or the settings, 2 the command line itself is wrong (argparse's usage
+error), 3 an unexpected error (a bug: rerun with ``--debug`` and report the traceback),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,14 +22,35 @@ EPILOG = """examples:
   cellfeat train ../shared/data/dlmi            # CV-compare candidates, save the model
   cellfeat score ../shared/data/dlmi --out build/predictions.csv
   cellfeat demo                                 # all of the above on synthetic data
+
+--debug and --quiet may come before or after the stage name.
+
+exit status:
+  0    done
+  1    the stage stopped on a problem with the data, the model file or the settings;
+       the one-line message names the file or row and what to do
+  2    the command line is wrong (unknown option, missing argument)
+  3    unexpected error: a bug; rerun with --debug and report the traceback
+  130  interrupted (finished work is cached and reused by the next run)
 """
 
+EXIT_STAGE_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
-def _cohort_arg(p):
+
+def _global_args(p, default):
+    """--debug/--quiet on the main parser (default False) and on each stage's parser
+    (default SUPPRESS, so that an option given before the stage name is not reset)."""
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the traceback of an error instead of one line")
+    p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+
+
+def _cohort_arg(p, reference_help=None):
     p.add_argument("data", type=Path, help="cohort folder: the challenge layout "
                    "(trainset/, testset/) or patient sub-folders beside one clinical CSV")
-    p.add_argument("--reference-date", default="2020-01-01",
-                   help="date at which ages are computed from DOB (default: %(default)s)")
+    p.add_argument("--reference-date", default=None if reference_help else "2020-01-01",
+                   metavar="YYYY-MM-DD", help=reference_help or
+                   "date at which ages are computed from DOB (default: %(default)s)")
 
 
 def _features_args(p, required=False):
@@ -50,11 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cellfeat", description="Explainable triage of reactive vs tumoral lymphocytosis "
         "from blood-smear lymphocyte images and clinical data.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _global_args(parser, False)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_args(common, argparse.SUPPRESS)
 
-    p = sub.add_parser("synthetic", help="write a synthetic cohort (challenge layout + masks)",
+    def stage(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = stage("synthetic", help="write a synthetic cohort (challenge layout + masks)",
                        description="Write a deterministic synthetic cohort: same seed, same bytes.")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--train", type=int, default=60, help="labelled patients (default: 60)")
@@ -63,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per patient (default: 16 40)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("features", help="per-cell features of every image of a cohort",
+    p = stage("features", help="per-cell features of every image of a cohort",
                        description="Segment every image, compute per-cell features, write "
                        "cells.parquet, patients.parquet, qc.csv, issues.csv and gallery.png.")
     _cohort_arg(p)
     _features_args(p)
 
-    p = sub.add_parser("train", help="cross-validate candidate models, save the chosen one",
+    p = stage("train", help="cross-validate candidate models, save the chosen one",
                        description="Compare candidate pipelines by repeated patient-level "
                        "cross-validation, choose by nested CV, refit on all labelled patients "
                        "and save a model bundle and a report.")
@@ -81,19 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report folder (default: reports/<timestamp>, linked as reports/latest)")
     p.add_argument("--folds", type=int, default=5, help="CV folds (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=4, help="CV repeats (default: %(default)s)")
+    p.add_argument("--target-sensitivity", type=float, default=0.95, metavar="S",
+                   help="triage: pick, out of fold on the training patients, the highest "
+                   "threshold that still sends at least S of tumoral patients to cytometry "
+                   "(default: %(default)s)")
     p.add_argument("--candidates", nargs="+", default=None,
-                   help="candidate names to compare (default: all available but the CNN ones)")
+                   help="candidates the selection rule may choose, any order (default: "
+                   "cellfeat.models.DEFAULT_CANDIDATES; clinical-logreg and meanstd-logreg "
+                   "always get figures)")
     p.add_argument("--cnn", action="store_true",
                    help="add the CNN candidates (needs torch; about 30 extra minutes of CPU "
                    "on 120 patients with the default CV; they did not beat the hand-crafted "
                    "pipeline in our measurements, so they are off by default)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("score", help="score new patients with a saved model",
+    p = stage("score", help="score new patients with a saved model",
                        description="Score every patient of DATA whose label is unknown (or all "
                        "with --all); write OUT, a challenge submission beside it and one "
                        "montage PNG per patient.")
-    _cohort_arg(p)
+    _cohort_arg(p, "date at which ages are computed from DOB (default: the model's own "
+                "reference date, stored in the bundle at training; give the sampling date "
+                "only if the training cohort's ages were computed at it too)")
     _features_args(p)
     p.add_argument("--model", type=Path, default=Path("models/cellfeat.skops"),
                    help="model bundle written by `cellfeat train` (default: %(default)s)")
@@ -102,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "it (default: %(default)s)")
     p.add_argument("--all", action="store_true", help="score labelled patients too")
 
-    p = sub.add_parser("demo", help="synthetic cohort -> features -> train -> score",
+    p = stage("demo", help="synthetic cohort -> features -> train -> score",
                        description="Run the whole workflow on the built-in synthetic cohort.")
     p.add_argument("--dir", type=Path, default=Path("build/demo"), help="working folder")
     p.add_argument("--seed", type=int, default=0)
@@ -118,7 +154,7 @@ def main(argv=None) -> int:
         return getattr(stages, f"stage_{args.stage}")(args) or 0
     except KeyboardInterrupt:
         print("interrupted; finished work is cached and will be reused", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:
             raise
@@ -126,10 +162,10 @@ def main(argv=None) -> int:
 
         if isinstance(exc, (StageError, CohortError)):
             print(f"error: {exc}", file=sys.stderr)
-        else:
-            print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                  file=sys.stderr)
-        return 2
+            return EXIT_STAGE_ERROR
+        print(f"error: {type(exc).__name__}: {exc} (unexpected: run with --debug for the "
+              f"traceback and report it)", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

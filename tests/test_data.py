@@ -107,6 +107,27 @@ def test_age_column_instead_of_dob(tmp_path):
     assert load_cohort(tmp_path).clinical.loc["P1", "AGE"] == 71.5
 
 
+def test_dob_after_the_reference_date_is_named(tmp_path):
+    make_flat(tmp_path, HEADER + "P1,1,M,3/14/2023,5\nP2,0,F,1/1/1950,5\n",
+              {"P1": ["a.jpg"], "P2": ["a.jpg"]})
+    c = load_cohort(tmp_path, reference_date="2020-01-01")
+    assert np.isnan(c.clinical.loc["P1", "AGE"]) and c.clinical.loc["P2", "AGE"] > 69
+    row = c.issues[c.issues["kind"] == "dob_after_reference"].iloc[0]
+    assert row["patient"] == "P1" and "born 2023-03-14, after 2020-01-01" in row["detail"]
+
+
+def test_subset_keeps_the_patients_and_their_issues(tmp_path):
+    make_flat(tmp_path, HEADER + "P1,1,M,1/1/1950,5\nP2,0,F,1/1/1950,x\nP3,0,F,1/1/1950,4\n",
+              {"P1": ["a.jpg"], "P2": ["a.jpg"], "P3": ["a.jpg", "b.jpg"]})
+    (tmp_path / "notes.txt").write_text("a stray file: a cohort-wide issue")
+    c = load_cohort(tmp_path)
+    s = c.subset(["P3", "P2"])
+    assert list(s.clinical.index) == ["P2", "P3"] and set(s.images) == {"P2", "P3"}
+    assert s.n_images == 3
+    assert set(s.issues["patient"].fillna("")) <= {"P2", ""}
+    assert (s.issues["patient"] == "P2").any() and len(c.issues) >= len(s.issues)
+
+
 def test_needs_exactly_one_csv(tmp_path):
     (tmp_path / "a.csv").write_text(HEADER)
     (tmp_path / "b.csv").write_text(HEADER)
