@@ -1,11 +1,6 @@
 """pipelines.cluster: features and scoring on a Dask LocalCluster (loopback, 2 workers)
 give the local run's results, and a worker killed mid-run loses no patient."""
 
-import os
-import signal
-import threading
-import time
-
 import pandas as pd
 import pytest
 
@@ -54,23 +49,49 @@ def test_cluster_scoring_equals_local(cluster, synthetic_root, tmp_path):
 
 
 def test_worker_killed_mid_run_loses_nothing(cluster, synthetic_root, local_cells, tmp_path):
-    cache = tmp_path / "cache"
+    """A worker dies (SIGKILL) holding a task: after storing the 4th cache entry, before
+    returning it. No patient is lost, the table is the local run's, and the run names the
+    re-run task. The kill is triggered by the file, not by a delay, so it lands at the same
+    point of the run on a fast or a loaded machine."""
+
+    def arm(marker: str, after: int):  # in each worker (local: pickled by value)
+        import os
+        import signal
+        from pathlib import Path
+
+        import pipelines.tasks as tasks
+
+        store = tasks.cache_store
+
+        def cache_store(cache_dir, *args):
+            store(cache_dir, *args)
+            if len(list(Path(cache_dir).glob("*.json"))) >= after:
+                try:  # one worker only: the first to create the marker
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    return
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        cache_store.armed = store
+        tasks.cache_store = cache_store
+
+    def disarm():
+        import pipelines.tasks as tasks
+
+        tasks.cache_store = getattr(tasks.cache_store, "armed", tasks.cache_store)
+
+    (tmp_path / "out").mkdir()
+    marker = tmp_path / "killed"
     with distributed.Client(cluster) as client:
-        pids = client.run(os.getpid)
-        victim = sorted(pids.values())[0]
-
-        def killer():
-            deadline = time.time() + 60
-            while time.time() < deadline and len(list(cache.glob("*.json"))) < 4:
-                time.sleep(0.01)
-            os.kill(victim, signal.SIGKILL)
-
-        t = threading.Thread(target=killer)
-        t.start()
-        res = run_features(load_cohort(synthetic_root), tmp_path, progress=False,
-                           gallery=False, client=client)
-        t.join()
-        client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cells.parquet"), local_cells)
-    # the killed worker held tasks: they were re-run, and the run says which
+        client.run(arm, str(marker), 4)
+        try:
+            res = run_features(load_cohort(synthetic_root), tmp_path / "out", progress=False,
+                               gallery=False, client=client)
+        finally:
+            client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+            client.run(disarm)
+    assert marker.exists()  # a worker was killed
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / "cells.parquet"),
+                                  local_cells)
+    # the killed worker held at least the task whose entry it had just stored: re-run
     assert res["retried"] and set(res["retried"]) <= set(local_cells["ID"])

@@ -148,29 +148,43 @@ def test_help_answers(capsys):
 
 
 def test_sigkill_half_way_then_resume(synthetic_root, tmp_path):
-    import os
+    """SIGKILL (no clean-up) in the middle of storing the 5th patient's cache entry, its
+    .parquet and .npy written and its .json not yet: the next run recomputes that patient,
+    reuses the 4 finished ones and gives the clean run's table. The run kills itself at
+    that point, so the kill lands there whatever the machine's load."""
     import signal
     import subprocess
     import sys
-    import time
 
-    cmd = [sys.executable, "-m", "pipelines.cli", "--quiet", "features", str(synthetic_root),
-           "--jobs", "1", "--features"]
-    proc = subprocess.Popen(cmd + [str(tmp_path / "killed")], stderr=subprocess.DEVNULL)
-    cache = tmp_path / "killed" / "cache"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.glob("*.json"))) < 5:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    n_cached = len(list(cache.glob("*.json")))
-    assert 5 <= n_cached < 27, "the kill should land half-way"
-    assert not (tmp_path / "killed" / "cells.parquet").exists()  # never half-written
-    assert subprocess.run(cmd + [str(tmp_path / "killed")]).returncode == 0
+    kill_at = 5
+    run_and_die = (
+        "import os, signal, sys\n"
+        "import pipelines.features, pipelines.tasks as tasks  # features keeps its save_npy\n"
+        "save, calls = tasks.save_npy, []\n"
+        "def save_npy(path, array):  # in cache_store: after the .parquet, before the .json\n"
+        "    save(path, array)\n"
+        "    calls.append(path)\n"
+        f"    if len(calls) == {kill_at}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tasks.save_npy = save_npy\n"
+        "from pipelines.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    args = ["--quiet", "features", str(synthetic_root), "--jobs", "1", "--features"]
+    killed, cache = tmp_path / "killed", tmp_path / "killed" / "cache"
+    proc = subprocess.run([sys.executable, "-c", run_and_die, *args, str(killed)],
+                          stderr=subprocess.DEVNULL)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(cache.glob("*.json"))) == kill_at - 1
+    assert len(list(cache.glob("*.parquet"))) == len(list(cache.glob("*.npy"))) == kill_at
+    assert not (killed / "cells.parquet").exists()  # never half-written
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
+    assert subprocess.run(cmd + [str(killed)]).returncode == 0
     assert subprocess.run(cmd + [str(tmp_path / "clean")]).returncode == 0
-    a = pd.read_parquet(tmp_path / "killed" / "cells.parquet")
+    a = pd.read_parquet(killed / "cells.parquet")
     b = pd.read_parquet(tmp_path / "clean" / "cells.parquet")
     pd.testing.assert_frame_equal(a, b)
+    assert (pd.read_parquet(killed / "patients.parquet")
+            .equals(pd.read_parquet(tmp_path / "clean" / "patients.parquet")))
 
 
 def test_bundle_with_untrusted_type_is_refused(tmp_path):
