@@ -307,6 +307,16 @@ def main(argv=None):
         r = seg[m]
         print(f"  {m:8s} {r['iou_median']:7.3f} {r['iou_p5']:8.3f} {r['ok_share']:6.1%} "
               f"{r['ms_per_image']:7.2f}")
+    # colour drift (issue 14): every 25th dev image under the shift panel, by feature family
+    from .stability import bench_drift
+
+    drift = bench_drift([f for fs in cohort.images.values() for f in fs][::25])
+    result["colour_drift"] = drift.to_dict(orient="records")
+    print("colour drift under cellfeat.augment.SHIFT_PANEL, z in cell-to-cell SDs "
+          "(median |z| of a cell / median bag bias |mean z|; pass if bag bias <= 0.11):")
+    print(drift.assign(v=drift["median_z"].map("{:.3f}".format) + " / " +
+                       drift["bag_bias_median"].map("{:.3f}".format))
+          .pivot(index="shift", columns="family", values="v").to_string())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -334,7 +334,10 @@ def feature_drift(images: list, shifts=SHIFT_PANEL, *, method="otsu",
     ``s_f`` the standard deviation of f across the unshifted cells (so 1 means the shift
     moves a cell as far as one typical cell-to-cell difference). Only cells segmented "ok"
     both ways count. Returns one row per (shift, family) with the median and 90th
-    percentile of the z-changes and the median nucleus IoU.
+    percentile of the cells' |z|, the bag bias (|mean z| over the cells of each feature:
+    how far a bag mean moves, which cell noise cannot explain away; its median and maximum
+    over the family's features), the median nucleus IoU and how many cells changed QC
+    status.
     """
     from cellfeat.extract import measure_image
     from cellfeat.features import FEATURE_NAMES
@@ -359,14 +362,20 @@ def feature_drift(images: list, shifts=SHIFT_PANEL, *, method="otsu",
                             max((seg.nucleus | seg2.nucleus).sum(), 1))
         moved = pd.DataFrame(moved)
         ok = ok0 & (moved["QC_STATUS"] == "ok").to_numpy()
-        z = ((moved.loc[ok, list(FEATURE_NAMES)] - base.loc[ok, list(FEATURE_NAMES)]).abs()
-             / sd.where(sd > 0))
+        d = (moved.loc[ok, list(FEATURE_NAMES)].to_numpy(float)
+             - base.loc[ok, list(FEATURE_NAMES)].to_numpy(float))
+        z = pd.DataFrame(d, columns=list(FEATURE_NAMES)) / sd.where(sd > 0)
+        bias = z.mean().abs()
         for f in FAMILIES:
-            v = z.loc[:, fam.index[fam == f]].to_numpy().ravel()
+            cols = fam.index[fam == f]
+            v = z[cols].abs().to_numpy().ravel()
             v = v[np.isfinite(v)]
+            b = bias[cols].dropna()
             rows.append({"shift": shift.name, "family": f, "cells": int(ok.sum()),
                          "median_z": float(np.median(v)) if v.size else np.nan,
                          "p90_z": float(np.percentile(v, 90)) if v.size else np.nan,
+                         "bag_bias_median": float(b.median()) if len(b) else np.nan,
+                         "bag_bias_max": float(b.max()) if len(b) else np.nan,
                          "nucleus_iou_median": float(np.median(ious)) if ious else np.nan,
                          "status_changed": int((ok0 != (moved["QC_STATUS"] == "ok")).sum())})
     return pd.DataFrame(rows)
@@ -451,6 +460,19 @@ def _per_repeat_ba(pred, y) -> list:
     from sklearn.metrics import balanced_accuracy_score
 
     return [float(balanced_accuracy_score(y, p)) for p in pred]
+
+
+def bench_drift(files, shifts=SHIFT_PANEL) -> pd.DataFrame:
+    """``make bench`` row: :func:`feature_drift` on the decoded images of ``files``."""
+    from cellfeat.data import ImageReadError, decode_image
+
+    images = []
+    for f in files:
+        try:
+            images.append(decode_image(Path(f).read_bytes()))
+        except (OSError, ImageReadError):
+            continue
+    return feature_drift(images, shifts)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,18 @@ def cells():
     return out
 
 
-@pytest.mark.parametrize("shift", SHIFTS, ids=lambda s: s.name)
+def _kind(shift) -> str:
+    return "jpeg" if shift.jpeg_quality is not None else "colour"
+
+
+def _mask_params():
+    why = ("JPEG blurs the faint edge of the cytoplasm: the best-effort cell mask of one "
+           "synthetic cell in 16 falls to IoU 0.945 at quality 70 (nucleus masks keep >= 0.98)")
+    return [pytest.param(s, id=s.name, marks=[pytest.mark.xfail(reason=why, strict=False)]
+                         if _kind(s) == "jpeg" else []) for s in SHIFTS]
+
+
+@pytest.mark.parametrize("shift", _mask_params())
 def test_shift_keeps_masks(cells, shift):
     from cellfeat.segment import segment_nucleus
 
@@ -227,16 +238,21 @@ def drift(cells):
 #: with.
 TOLERANCE = 1 / np.sqrt(80)
 
-#: Families not invariant yet, with the reason (xfail, never a looser tolerance).
-NOT_YET = {}
+#: Families not invariant yet under some kind of shift, with the reason (xfail, never a
+#: looser tolerance). Measured with features revision 6 on these 16 cells.
+NOT_YET = {
+    ("Colour", "jpeg"): "JPEG re-encoding (4:2:0 chroma subsampling, quantisation) smears "
+    "colour across region edges: a local change that references in the same image cannot "
+    "cancel (colour bag bias 0.25 cell SD at quality 70, 0.14 at 88)",
+}
 
 
 def _drift_params():
     out = []
     for f in ("Shape", "Texture", "Colour"):
         for s in SHIFTS:
-            marks = ([pytest.mark.xfail(reason=NOT_YET[f, s.name], strict=False)]
-                     if (f, s.name) in NOT_YET else [])
+            why = NOT_YET.get((f, _kind(s)))
+            marks = [pytest.mark.xfail(reason=why, strict=False)] if why else []
             out.append(pytest.param(f, s.name, marks=marks, id=f"{f}-{s.name}"))
     return out
 
