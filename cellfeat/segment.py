@@ -478,34 +478,34 @@ def _drop_lighter_rim(opp: np.ndarray, nuc: np.ndarray) -> np.ndarray:
     """The nucleus without a lighter rim that the contrast threshold took with it.
 
     Deep-blue (basophilic) cytoplasm can be as dark on the contrast channel as pale
-    chromatin, so the thresholded component is the whole cell. Two-means in CIELAB over
-    the component's pixels; the darker class, closed and filled, is the nucleus when (a)
-    the lighter class is distinguishably lighter (a Fisher separation along the line of
-    the two centres of at least 2.5, and >= 8 levels of L) and of another stain mix (its
-    optical-density direction at least ``_MIN_STAIN_ANGLE`` degrees away from the darker
-    class's: paler chromatin is the same stain, less dense), (b) it lies mostly outside the
-    filled dark core, i.e. it is a rim, not chromatin texture or nucleoli, and (c) the rim
-    is at least 3 px (and an eighth of the radius) wide, wider than the blur at an edge.
+    chromatin, so the thresholded component is the whole cell. Two-means in the opponent
+    colour axes over the component's pixels, started from the mean colours of its inner
+    part and of its outer band; the inner class, closed and filled, is the nucleus when
+    (a) the outer class is distinguishable (a Fisher separation along the line of the two
+    centres of at least 2.5) and of another stain mix (its optical-density direction at
+    least ``_MIN_STAIN_ANGLE`` degrees away from the inner class's: paler chromatin is the
+    same stain, less dense), (b) it lies mostly outside the filled inner core, i.e. it is a
+    rim, not chromatin texture or nucleoli, and (c) the rim is at least 2.5 px (and a
+    twelfth of the radius) wide, wider than the blur at an edge.
     """
     sel = nuc.view(bool)
     if np.count_nonzero(nuc) < 100:
         return nuc
-    # cheap test first: is a band as wide as the thinnest rim accepted below lighter than
-    # the rest of the component at all? (It is not for almost every nucleus.)
+    # cheap test first: does a band as wide as the thinnest rim accepted below differ in
+    # colour from the rest of the component at all? (It does not for almost every nucleus.)
     r_nuc = np.sqrt(np.count_nonzero(nuc) / np.pi)
-    width = int(np.ceil(max(3.0, r_nuc / 8)))
+    width = int(np.ceil(max(2.5, r_nuc / 12)))
     inner = cv2.erode(nuc, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
                                                       (2 * width + 1, 2 * width + 1)))
-    if not inner.any() or (cv2.mean(opp[..., 0].copy(), nuc - inner)[0]
-                           - cv2.mean(opp[..., 0].copy(), inner)[0]) < 2:
+    if not inner.any():
+        return nuc
+    c_in = np.array(cv2.mean(opp, inner)[:3], np.float32)
+    c_band = np.array(cv2.mean(opp, nuc - inner)[:3], np.float32)
+    if np.linalg.norm(c_band - c_in) < 4:
         return nuc
     px = opp[sel][::2]
-    L = px[:, 0]
-    lo, hi = np.percentile(L, (20, 80))
-    if hi - lo < 4:
-        return nuc
-    centres, k = _kmeans(px, np.stack([px[L <= lo].mean(0), px[L >= hi].mean(0)]), 8)
-    if (k == 0).all() or (k == 1).all() or centres[1, 0] - centres[0, 0] < 4:
+    centres, k = _kmeans(px, np.stack([c_in, c_band]), 8)
+    if (k == 0).all() or (k == 1).all():
         return nuc
     u = centres[1] - centres[0]
     proj = px @ (u / np.linalg.norm(u))
@@ -535,7 +535,7 @@ def _drop_lighter_rim(opp: np.ndarray, nuc: np.ndarray) -> np.ndarray:
     r_nuc, r_core = np.sqrt(a_nuc / np.pi), np.sqrt(a_core / np.pi)
     light = sel & (dark == 0)
     outside = (light & (core == 0)).sum() / max(light.sum(), 1)
-    if a_core < 0.2 * a_nuc or r_nuc - r_core < max(3.0, r_nuc / 8) or outside < 0.5:
+    if a_core < 0.2 * a_nuc or r_nuc - r_core < max(2.5, r_nuc / 12) or outside < 0.5:
         return nuc
     return core
 

@@ -23,14 +23,14 @@ Layout written by :func:`write_cohort` (the challenge layout, see :mod:`cellfeat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["CellParams", "PatientParams", "draw_cell", "sample_patient", "write_cohort",
-           "mask_paths"]
+           "mask_paths", "hard_case", "HARD_CASES"]
 
 SIZE = 224
 #: Share of tumoral patients drawn with reactive-looking lymphocytes.
@@ -62,6 +62,8 @@ class CellParams:
     rim: float
     pale: bool
     deep_blue: bool
+    wrap: int = 0  # red cells pressed into the cytoplasm (drawn over it, outside the cell)
+    blue_depth: float = 1.0  # deep-blue cytoplasm colour multiplier (< 1 darker)
 
 
 def sample_patient(rng: np.random.Generator, label: int) -> PatientParams:
@@ -94,10 +96,17 @@ def _sample_cell(rng: np.random.Generator, p: PatientParams) -> CellParams:
     radius = float(np.clip(rng.normal(p.nucleus_radius, p.radius_spread), 16, 48))
     harmonics = tuple((float(rng.uniform(0, p.irregularity)), float(rng.uniform(0, 2 * np.pi)))
                       for _ in range(4))
+    rim = float(rng.uniform(*p.rim))
+    # reactive-looking cells (rim from 3 px) sometimes have abundant cytoplasm, up to a
+    # nucleus radius wide, pressed around neighbouring red cells
+    if p.rim[0] >= 3 and rng.random() < 0.15:
+        rim = float(radius * rng.uniform(0.5, 0.9))
+    wrap = int(rng.integers(1, 4)) if rim >= 8 and rng.random() < 0.5 else 0
     return CellParams(
         nucleus_radius=radius, elongation=float(rng.uniform(1.0, 1.25)), harmonics=harmonics,
-        rim=float(rng.uniform(*p.rim)), pale=bool(rng.random() < p.pale_share),
-        deep_blue=bool(rng.random() < p.deep_blue_share))
+        rim=rim, pale=bool(rng.random() < p.pale_share),
+        deep_blue=bool(rng.random() < p.deep_blue_share), wrap=wrap,
+        blue_depth=float(rng.uniform(0.85, 1.05)))
 
 
 def _radial_polygon(cx, cy, radius, elongation, angle, harmonics, n=96):
@@ -187,8 +196,26 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
     cpoly = _radial_polygon(cx + ox, cy + oy, cell.nucleus_radius + cell.rim, cell.elongation,
                             angle, tuple((a * 0.5, ph) for a, ph in cell.harmonics))
     cell_mask = _fill(shape, cpoly) | nucleus
-    cyto_colour = np.array([120, 130, 200] if cell.deep_blue else [182, 175, 215], np.float32)
+    cyto_colour = (np.array([120, 130, 200], np.float32) * cell.blue_depth if cell.deep_blue
+                   else np.array([182, 175, 215], np.float32))
     img[cell_mask] = cyto_colour + rng.normal(0, 3, 3)
+    # red cells pressed into the cytoplasm: drawn over it, they stay out of the cell; the
+    # cytoplasm between them stays in
+    for _ in range(cell.wrap):
+        r = rng.uniform(17, 22)
+        a = rng.uniform(0, 2 * np.pi)
+        reach = cell.nucleus_radius * cell.elongation + cell.rim
+        # the disc bites into the cytoplasm but keeps 3 px off the nucleus
+        dist = max(reach + r * rng.uniform(0.2, 0.6), cell.nucleus_radius * cell.elongation
+                   + r + 3)
+        rx, ry = cx + dist * np.cos(a), cy + dist * np.sin(a)
+        d = np.hypot(xx - rx, yy - ry)
+        disc = np.clip((r - d) / 1.5, 0, 1)
+        pallor = np.exp(-((d / (0.45 * r)) ** 2))
+        alpha = (disc * (0.95 - 0.45 * pallor))[:, :, None]
+        colour = np.array([200, 160, 178], np.float32) + rng.normal(0, 5, 3)
+        img[:] = img * (1 - alpha) + colour * alpha
+        cell_mask &= ~(d < r) | nucleus
 
     if cell.pale:
         base, amp = np.array([140, 95, 175], np.float32), 22
@@ -209,6 +236,38 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
     img = cv2.GaussianBlur(img, (0, 0), 0.7)
     img += rng.normal(0, 2.0, img.shape).astype(np.float32)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), nucleus, cell_mask
+
+
+#: The kinds of cell that are hard to segment, drawn by :func:`hard_case`.
+HARD_CASES = ("deep_blue_pale", "abundant_pale", "wrapping")
+
+
+def hard_case(rng: np.random.Generator, kind: str):
+    """Draw one cell of a kind that is hard to segment, with its true masks.
+
+    ``"deep_blue_pale"``: deep-blue (basophilic) cytoplasm, 4–14 px wide, around a pale,
+    open chromatin, the two about as dark on a stain-contrast channel; ``"abundant_pale"``:
+    pale cytoplasm half to 0.9 of a nucleus radius wide against the cream plasma;
+    ``"wrapping"``: cytoplasm 8–18 px wide pressed around two or three red cells. A reactive
+    patient's stain drift and shapes otherwise.
+
+    Returns
+    -------
+    image, nucleus, cell_mask
+        As :func:`draw_cell`.
+    """
+    if kind not in HARD_CASES:
+        raise ValueError(f"kind must be one of {HARD_CASES}, got {kind!r}")
+    p = sample_patient(rng, 0)
+    c = _sample_cell(rng, p)
+    if kind == "deep_blue_pale":
+        c = replace(c, pale=True, deep_blue=True, rim=float(rng.uniform(4, 14)), wrap=0)
+    elif kind == "abundant_pale":
+        c = replace(c, deep_blue=False, rim=float(c.nucleus_radius * rng.uniform(0.5, 0.9)),
+                    wrap=0)
+    else:
+        c = replace(c, rim=float(rng.uniform(8, 18)), wrap=int(rng.integers(2, 4)))
+    return draw_cell(rng, p, c)
 
 
 def mask_paths(root, split: str, patient: str, image_name: str) -> tuple[Path, Path]:
