@@ -68,25 +68,35 @@ def family(name: str) -> str:
 # ------------------------------------------------------------------ shifted features
 
 
-def _shift_blob(blob, shift: ColourShift):
-    """Shifted image bytes (lossless BMP), or the input unchanged when it is not a decodable
-    image: the feature task then records the same failure as for the original."""
-    import cv2
-
+def _decoded(blob):
+    """The decoded image, or the input unchanged when it is not a decodable image (the
+    feature task then records the same failure as for the original)."""
     from cellfeat.data import ImageReadError, decode_image
 
     if isinstance(blob, Exception):
         return blob
     try:
-        image = decode_image(blob)
+        return decode_image(blob)
     except ImageReadError:
         return blob
-    ok, buf = cv2.imencode(".bmp", cv2.cvtColor(shift.apply(image), cv2.COLOR_RGB2BGR))
-    return buf.tobytes() if ok else blob
 
 
-def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None):
-    """One patient's cell table and patient row under each shift: ``{name: (cells, meta)}``.
+def _shift_blob(item, shift: ColourShift):
+    """Bytes of the shifted image (lossless BMP) from :func:`_decoded`'s output."""
+    import cv2
+
+    if not isinstance(item, np.ndarray):
+        return item
+    ok, buf = cv2.imencode(".bmp", cv2.cvtColor(shift.apply(item), cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - BMP encodes any uint8 RGB array
+        raise RuntimeError("BMP encoding failed")
+    return buf.tobytes()
+
+
+def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *,
+                    with_crops: bool = False):
+    """One patient's cell table, patient row and (``with_crops``) nucleus crops under each
+    shift: ``{name: (cells, meta, crops or None)}``.
 
     Cached per (patient, shift) by content: image bytes, feature settings, shift parameters.
     """
@@ -97,26 +107,28 @@ def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None):
     names = [Path(f).name for f in files]
     blobs = code.read_blobs(files)
     base = code.patient_key(pid, names, blobs, settings)
-    out = {}
+    out, decoded = {}, None
     for shift in shifts:
         key = f"{base}-{shift.key}"
         hit = code.cache_load(cache_dir, key)
         if hit is None:
-            moved = [_shift_blob(b, shift) for b in blobs]
+            decoded = decoded or [_decoded(b) for b in blobs]
+            moved = [_shift_blob(d, shift) for d in decoded]
             cells, meta, crops = code.compute_patient(pid, names, moved, settings)
             code.cache_store(cache_dir, key, cells, meta, crops)
         else:
-            cells, meta, _ = hit
-        out[shift.name] = (cells, meta)
+            cells, meta, crops = hit
+        out[shift.name] = (cells, meta, crops if with_crops else None)
     return pid, out
 
 
 def shifted_features(images: dict, feat_dir, shifts=SHIFT_PANEL, *, settings=None,
-                     n_jobs: int = -1, progress: bool = False) -> dict:
+                     n_jobs: int = -1, progress: bool = False, with_crops: bool = False) -> dict:
     """Cell and patient tables of the shifted images of ``images`` (ID -> files).
 
-    Returns ``{shift name: (cells, patients)}``, in the same form as ``cells.parquet`` and
-    ``patients.parquet`` of the feature stage.
+    Returns ``{shift name: (cells, patients, crops)}``: the same forms as ``cells.parquet``,
+    ``patients.parquet`` and ``crops/<ID>.npy`` of the feature stage (crops, ID -> array,
+    only ``with_crops``, for the CNN candidates; else None).
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
@@ -126,34 +138,34 @@ def shifted_features(images: dict, feat_dir, shifts=SHIFT_PANEL, *, settings=Non
     cache_dir = Path(feat_dir) / "shifted"
     cache_dir.mkdir(parents=True, exist_ok=True)
     items = [(pid, files) for pid, files in images.items() if files]
-    parts = {s.name: ([], []) for s in shifts}
+    parts = {s.name: ([], [], {}) for s in shifts}
     bar = tqdm(total=sum(len(f) for _, f in items) * len(shifts), unit="img",
                desc="shifted features", disable=not progress)
-    tasks = (delayed(shifted_patient)(pid, files, settings, tuple(shifts), cache_dir)
+    tasks = (delayed(shifted_patient)(pid, files, settings, tuple(shifts), cache_dir,
+                                      with_crops=with_crops)
              for pid, files in items)
     for pid, res in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
-        for name, (cells, meta) in res.items():
+        for name, (cells, meta, crops) in res.items():
             parts[name][0].append(cells)
             parts[name][1].append(meta)
+            if with_crops:
+                parts[name][2][pid] = crops
             bar.update(len(cells))
     bar.close()
     out = {}
-    for name, (cells, metas) in parts.items():
+    for name, (cells, metas, crops) in parts.items():
         out[name] = (pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(),
-                     pd.DataFrame(metas))
+                     pd.DataFrame(metas), crops if with_crops else None)
     return out
 
 
 def shifted_frames(frame: pd.DataFrame, clinical: pd.DataFrame, shifted: dict) -> dict:
     """Cohort frames (:func:`cellfeat.models.cohort_frame`) of the shifted features, on the
-    rows of ``frame``; ``CROPS`` (CNN input) are shifted only when ``frame`` has them."""
+    rows of ``frame`` (with ``CROPS`` when :func:`shifted_features` collected them)."""
     from cellfeat.models import cohort_frame
 
-    out = {}
-    for name, (cells, patients) in shifted.items():
-        f = cohort_frame(clinical.loc[frame.index], cells, patients)
-        out[name] = f
-    return out
+    return {name: cohort_frame(clinical.loc[frame.index], cells, patients, crops=crops)
+            for name, (cells, patients, crops) in shifted.items()}
 
 
 # ------------------------------------------------------------------ out-of-fold stability
@@ -243,7 +255,8 @@ def colour_stability(cohort, feat_dir, frame: pd.DataFrame, y, estimator, *, fol
     images = {pid: cohort.images.get(pid, []) for pid in frame.index}
     t0 = time.perf_counter()
     shifted = shifted_frames(frame, cohort.clinical, shifted_features(
-        images, feat_dir, shifts, n_jobs=n_jobs, progress=progress))
+        images, feat_dir, shifts, n_jobs=n_jobs, progress=progress,
+        with_crops="CROPS" in frame))
     t1 = time.perf_counter()
     oof = oof_stability(estimator, frame, shifted, y, folds=folds, repeats=repeats, seed=seed,
                         n_jobs=n_jobs)

@@ -57,7 +57,7 @@ def test_identity_shift_reproduces_feature_stage(two_images, tmp_path):
     cells, meta, _ = code.compute_patient("P1", names, code.read_blobs(two_images), settings)
     ident = ColourShift("id")
     _, out = stability.shifted_patient("P1", two_images, settings, (ident,), tmp_path)
-    moved, moved_meta = out["id"]
+    moved, moved_meta, _ = out["id"]
     # (PIL's message for an unreadable file names an object address: compare up to it)
     same = lambda a, b: pd.testing.assert_frame_equal(
         a.assign(QC_STATUS=a["QC_STATUS"].str[:40], QC_DETAIL=a["QC_DETAIL"].str[:40]),
