@@ -1,14 +1,33 @@
 """Model bundles: one skops file holding the fitted pipeline and everything needed to trust it.
 
-Loading never unpickles: skops rebuilds only types on an explicit allow-list (cellfeat,
-scikit-learn, XGBoost, LightGBM, NumPy/SciPy containers). A bundle made for another feature
+A model file travels by e-mail and shared drives, so loading it must never run code. skops
+never unpickles, but it does call what a file names: a constructor-from-reduce node calls its
+type with the file's arguments, a function, method, partial or type node hands back whatever
+object it names. So a bundle is checked before skops builds anything:
+
+1. ``schema.json`` is read as plain JSON and every node in it (every JSON object with a
+   ``__loader__``, wherever it sits) is inspected;
+2. the node's loader must be one of :data:`ALLOWED_LOADERS` — containers, JSON primitives,
+   NumPy arrays and dtypes, plain objects restored from their ``__dict__``, type references —
+   and never one whose job is to hand back or call a callable (function, method, partial,
+   operator, reduce, constructor-from-reduce);
+3. the node's type must be in :data:`ALLOWED_TYPES`, an exact list of the classes that the
+   bundles cellfeat writes contain (``tests/test_bundle.py`` trains every candidate and
+   checks that its bundle holds nothing else). No prefix is trusted.
+
+The first node that fails is named in a one-line refusal. Only then does skops load the
+file, trusting exactly the types it reports, all of which are on the list. ``save_bundle``
+runs the same check on what it has just written, so a training run that would produce an
+unloadable bundle fails at once, naming the new type. A bundle made for another feature
 set or by an incompatible version is refused with a message saying what differs; a
-tampered or truncated file is refused cleanly.
+truncated file is refused cleanly.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import zipfile
 from pathlib import Path
 
 import cellfeat
@@ -16,17 +35,149 @@ import cellfeat
 from .io import StageError, atomic_path
 
 BUNDLE_FORMAT = 1
-TRUSTED_PREFIXES = ("cellfeat.", "sklearn.", "xgboost.", "lightgbm.", "numpy.", "scipy.",
-                    "builtins.", "collections.", "pandas.", "functools.partial")
+MAX_SCHEMA_BYTES = 64 * 2**20  # a real bundle's schema is a few MiB
+
+#: skops node kinds a cellfeat bundle is made of. Loaders that return or call a callable
+#: (FunctionNode, MethodNode, PartialNode, OperatorFuncNode, ReduceNode,
+#: ConstructorFromReduceNode) are deliberately absent.
+ALLOWED_LOADERS = frozenset({
+    "DictNode", "DefaultDictNode", "ListNode", "TupleNode", "JsonNode", "BytesNode",
+    "BytearrayNode", "NdArrayNode", "DTypeNode", "ObjectNode", "TypeNode", "CachedNode",
+})
+
+#: Exact ``module.Class`` names found in the bundles cellfeat writes (every candidate of
+#: :mod:`cellfeat.models`, the fallbacks and the MIL explainer). All are classes whose
+#: restoration sets attributes and runs no code of the file's choosing.
+ALLOWED_TYPES = frozenset({
+    # containers and primitives
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
+    "builtins.float", "builtins.bool", "builtins.bytes", "builtins.bytearray",
+    "collections.defaultdict", "collections.OrderedDict",
+    # NumPy arrays, dtypes and scalar types
+    "numpy.ndarray", "numpy.dtype", "numpy.float64", "numpy.float32", "numpy.int64",
+    "numpy.int32", "numpy.bool_",
+    # cellfeat estimators
+    "cellfeat.bags.BagAggregator", "cellfeat.heterogeneity.HeterogeneityScores",
+    "cellfeat.mil.MISVM", "cellfeat.mil.miSVM", "cellfeat.mil.SIL",
+    "cellfeat.mil.InstanceScoreBagFeatures",
+    "cellfeat.models.ClinicalFeatures", "cellfeat.models.CellBagFeatures",
+    "cellfeat.models.MILFeatures", "cellfeat.models.BalancedXGBClassifier",
+    "cellfeat.models.GatedMixture", "cellfeat.models.CalibratedDecision",
+    "cellfeat.models.ClinicalLogReg", "cellfeat.models.ImageLogit",
+    "cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding",
+    # scikit-learn
+    "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
+    "sklearn.impute._base.SimpleImputer", "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn.linear_model._logistic.LogisticRegression", "sklearn.svm._classes.LinearSVC",
+    "sklearn.linear_model._logistic.LogisticRegressionCV",
+    "sklearn.model_selection._split.StratifiedKFold",
+    "sklearn.model_selection._classification_threshold.FixedThresholdClassifier",
+    # gradient boosting
+    "xgboost.sklearn.XGBClassifier", "xgboost.core.Booster",
+    "lightgbm.sklearn.LGBMClassifier", "lightgbm.basic.Booster",
+})
+
+
+def _nodes(tree):
+    """Every skops node of a parsed ``schema.json``, depth first, in file order.
+
+    Any JSON object with a ``__loader__`` key counts, wherever it sits, so nothing skops
+    would build can hide from the check in an unexpected field."""
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item:
+                yield item
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+
+
+def audit_bundle(path) -> None:
+    """Raise :class:`StageError` naming the first node of the bundle at ``path`` that is not
+    an allowed loader with an allowed type. Reads ``schema.json`` only: nothing is built."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.getinfo("schema.json").file_size > MAX_SCHEMA_BYTES:
+                raise StageError(f"{path}: refused, its schema is larger than "
+                                 f"{MAX_SCHEMA_BYTES >> 20} MiB; no cellfeat bundle is")
+            schema = json.loads(zf.read("schema.json"))
+    except StageError:
+        raise
+    except Exception as exc:
+        raise StageError(f"{path}: not a readable model bundle ({type(exc).__name__}); "
+                         f"it may be truncated or tampered with: retrain it") from None
+    for node in _nodes(schema):
+        loader = node.get("__loader__")
+        name = f"{node.get('__module__')}.{node.get('__class__')}"
+        if loader not in ALLOWED_LOADERS:
+            raise StageError(f"{path}: refused, it holds `{name}` as a {loader}, a kind of "
+                             f"node that can run code and that no cellfeat bundle contains; "
+                             f"do not use this file")
+        if name not in ALLOWED_TYPES:
+            raise StageError(f"{path}: refused, it holds `{name}` ({loader}), a type outside "
+                             f"the trusted list of a cellfeat bundle; do not use this file")
+
+
+def _freeze_thresholds(obj, _seen=None):
+    """Replace each fitted ``TunedThresholdClassifierCV`` with the equivalent
+    ``FixedThresholdClassifier`` (same fitted estimator, same threshold), in place.
+
+    The tuned wrapper keeps its scorer, whose metric *function* would have to be trusted at
+    load time; once the threshold is chosen only the threshold is needed to predict."""
+    from sklearn.base import BaseEstimator
+    from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
+
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, TunedThresholdClassifierCV) and hasattr(obj, "best_threshold_"):
+        fixed = FixedThresholdClassifier(obj.estimator_, threshold=obj.best_threshold_,
+                                         pos_label=obj.pos_label,
+                                         response_method=obj.response_method)
+        fixed.estimator_ = obj.estimator_
+        for attr in ("n_features_in_", "feature_names_in_"):
+            if hasattr(obj, attr):
+                setattr(fixed, attr, getattr(obj, attr))
+        _freeze_thresholds(obj.estimator_, seen)
+        return fixed
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _freeze_thresholds(v, seen)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            obj[i] = _freeze_thresholds(v, seen)
+    elif isinstance(obj, tuple):
+        return type(obj)(_freeze_thresholds(v, seen) for v in obj)
+    elif isinstance(obj, BaseEstimator):
+        for k, v in vars(obj).items():
+            new = _freeze_thresholds(v, seen)
+            if new is not v:
+                setattr(obj, k, new)
+    return obj
 
 
 def save_bundle(path, *, pipeline, meta: dict) -> None:
+    """Write ``pipeline`` (a fitted estimator or a dict of them) and ``meta`` (JSON-able)
+    to ``path`` atomically; raise :class:`StageError` if the result would be refused by
+    :func:`load_bundle`. ``pipeline`` itself is left untouched."""
     import skops.io as sio
 
     bundle = {"format": BUNDLE_FORMAT, "cellfeat_version": cellfeat.__version__,
-              "meta_json": json.dumps(meta, default=str), "pipeline": pipeline}
+              "meta_json": json.dumps(meta, default=str),
+              "pipeline": _freeze_thresholds(copy.deepcopy(pipeline))}
     with atomic_path(path) as tmp:
         sio.dump(bundle, tmp)
+        try:
+            audit_bundle(tmp)
+        except StageError as exc:
+            raise StageError(f"{path}: not written: {str(exc).split(': ', 1)[1]}. If that "
+                             f"type is new and restores without running code, add it to "
+                             f"pipelines.bundle.ALLOWED_TYPES") from None
 
 
 def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
@@ -36,15 +187,16 @@ def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: no model bundle here; run `make train` first or pass --model")
+    audit_bundle(path)
     try:
         untrusted = sio.get_untrusted_types(file=path)
     except Exception as exc:
         raise StageError(f"{path}: not a readable model bundle ({type(exc).__name__}); "
                          f"it may be truncated or tampered with: retrain it") from None
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if refused:
-        raise StageError(f"{path}: refused, it contains types outside the trusted list: "
-                         f"{', '.join(refused[:5])}")
+    outside = [t for t in untrusted if t not in ALLOWED_TYPES]
+    if outside:  # the audit above saw every node; this is a second, independent look
+        raise StageError(f"{path}: refused, it holds `{outside[0]}`, a type outside the "
+                         f"trusted list of a cellfeat bundle; do not use this file")
     try:
         bundle = sio.load(path, trusted=untrusted)
     except Exception as exc:

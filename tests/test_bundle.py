@@ -1,0 +1,243 @@
+"""Model bundles (pipelines/bundle.py): what cellfeat writes loads back unchanged, and a
+crafted file can never run code while it is loaded.
+
+Each hostile file below is a real exploit: a control test loads it with skops itself,
+trusting what skops reports, and checks that the marker file *is* then written. The same
+file given to :func:`load_bundle` (and to ``cellfeat score``) must be refused with one line
+naming the offending type, and the marker must not exist.
+"""
+
+import functools
+import importlib
+import json
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.bundle import (ALLOWED_LOADERS, ALLOWED_TYPES, _nodes, audit_bundle,
+                              load_bundle, save_bundle)
+from pipelines.io import StageError
+
+CALLABLE_LOADERS = {"FunctionNode", "MethodNode", "PartialNode", "OperatorFuncNode",
+                    "ReduceNode", "LossNode", "TreeNode", "ConstructorFromReduceNode"}
+
+
+# --- what cellfeat itself writes ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def every_candidate(synthetic_root, tmp_path_factory):
+    """Every available candidate, fitted on the small synthetic cohort, in one bundle with
+    the fallbacks and the explainer the train stage adds."""
+    from cellfeat.data import load_cohort
+    from cellfeat.mil import MISVM
+    from cellfeat.models import MILFeatures, available_candidates, make_pipeline
+    from pipelines.features import run_features
+    from pipelines.stages import _cohort_frame
+
+    d = tmp_path_factory.mktemp("bundle")
+    cohort = load_cohort(synthetic_root)
+    run_features(cohort, d / "f", n_jobs=1, progress=False)
+    frame = _cohort_frame(cohort, d / "f")
+    lab = frame[frame["LABEL"].notna()]
+    y = lab["LABEL"].astype(int).to_numpy()
+    models = {name: make_pipeline(name).fit(lab, y) for name in available_candidates()}
+    models["explainer"] = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
+    save_bundle(d / "all.skops", pipeline=models, meta={"cell_features": []})
+    return d / "all.skops", models, frame
+
+
+def _types(path) -> set[str]:
+    schema = json.loads(zipfile.ZipFile(path).read("schema.json"))
+    return {f"{n['__module__']}.{n['__class__']}" for n in _nodes(schema)}
+
+
+def test_every_candidate_bundle_holds_only_allowed_types(every_candidate):
+    path, _, _ = every_candidate
+    audit_bundle(path)                       # raises on the first type off the list
+    assert _types(path) <= ALLOWED_TYPES
+
+
+def test_allow_list_is_derived_not_padded(every_candidate):
+    # every allowed type occurs in a bundle cellfeat writes (torch's types only with torch)
+    from cellfeat.cnn import torch_available
+
+    path, _, _ = every_candidate
+    unused = ALLOWED_TYPES - _types(path)
+    if not torch_available():
+        unused -= {"cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding"}
+    assert not unused, f"allowed but never written: {sorted(unused)}"
+
+
+def test_allow_lists_name_classes_and_no_callable_loader():
+    assert not ALLOWED_LOADERS & CALLABLE_LOADERS
+    for name in ALLOWED_TYPES:
+        module, cls = name.rsplit(".", 1)
+        try:
+            obj = getattr(importlib.import_module(module), cls)
+        except ImportError:                  # torch-backed types without torch installed
+            assert module == "cellfeat.cnn"
+            continue
+        assert isinstance(obj, type), f"{name} is not a class"
+
+
+def test_loaded_bundle_predicts_exactly_as_fitted(every_candidate):
+    path, models, frame = every_candidate
+    loaded, meta = load_bundle(path)
+    assert meta == {"cell_features": []}
+    for name, model in models.items():
+        if name == "explainer":
+            continue
+        np.testing.assert_array_equal(loaded[name].predict_proba(frame)[:, 1],
+                                      model.predict_proba(frame)[:, 1], err_msg=name)
+        np.testing.assert_array_equal(loaded[name].predict(frame), model.predict(frame),
+                                      err_msg=name)
+
+
+def test_save_refuses_to_write_a_bundle_it_could_not_load(tmp_path):
+    with pytest.raises(StageError, match="not written.*builtins.len"):
+        save_bundle(tmp_path / "m.skops", pipeline={"f": len}, meta={})
+    assert not (tmp_path / "m.skops").exists()
+
+
+# --- hostile files -----------------------------------------------------------------------
+
+def _json(value, ident):
+    return {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+            "content": json.dumps(value), "is_json": True, "__id__": ident}
+
+
+def _tuple(values, ident):
+    return {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+            "content": [_json(v, ident + 1 + i) for i, v in enumerate(values)],
+            "__id__": ident}
+
+
+def _empty_dict(ident):
+    return {"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode",
+            "content": {}, "key_types": {"__class__": "list", "__module__": "builtins",
+                                         "__loader__": "ListNode", "content": [],
+                                         "__id__": ident + 1}, "__id__": ident}
+
+
+def _craft(path: Path, node: dict) -> Path:
+    """A bundle file whose ``pipeline`` entry is ``node``, otherwise well formed."""
+    import skops.io as sio
+
+    sio.dump({"format": 1, "cellfeat_version": "0.1.0", "meta_json": "{}", "pipeline": 0},
+             path)
+    with zipfile.ZipFile(path) as zf:
+        schema = json.loads(zf.read("schema.json"))
+    schema["content"]["pipeline"] = node
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("schema.json", json.dumps(schema))
+    return path
+
+
+def _py(marker):
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+def _constructor_from_reduce(marker):
+    # skops calls builtins.exec(<code>) while building the object
+    return ({"__class__": "exec", "__module__": "builtins",
+             "__loader__": "ConstructorFromReduceNode", "content": _tuple([_py(marker)], 10)},
+            None, "builtins.exec")
+
+
+def _reduce(marker):
+    # LossNode, one of skops' reduce routes: constructor(*args) = os.system("touch …")
+    return ({"__class__": "system", "__module__": "os", "__loader__": "LossNode",
+             "__reduce__": {"args": _tuple([f"touch {marker}"], 20)},
+             "content": _empty_dict(30)}, None, "os.system")
+
+
+def _partial(marker):
+    # what skops writes for functools.partial(exec, code): a partial node around a type node
+    return ({"__class__": "partial", "__module__": "functools", "__loader__": "PartialNode",
+             "content": {"func": {"__class__": "exec", "__module__": "builtins",
+                                  "__loader__": "TypeNode", "__id__": 40},
+                         "args": _tuple([_py(marker)], 41), "kwds": _empty_dict(43),
+                         "namespace": _json(None, 45)}}, (), "functools.partial")
+
+
+def _method(marker):
+    # a bound method of builtins.exec: exec.__call__(code)
+    return ({"__class__": "exec", "__module__": "builtins", "__loader__": "MethodNode",
+             "content": {"func": "__call__", "obj": {"__class__": "exec", "__module__": "builtins",
+                                                     "__loader__": "TypeNode", "__id__": 50}}},
+            (_py(marker),), "builtins.exec")
+
+
+def _type(marker):
+    # a type node hands back any module attribute: here builtins.eval itself
+    return ({"__class__": "eval", "__module__": "builtins", "__loader__": "TypeNode",
+             "__id__": 60}, (_py(marker),), "builtins.eval")
+
+
+def _function(marker):
+    # a function node: subprocess.getoutput, a plain Python function that runs a shell
+    return ({"__class__": "getoutput", "__module__": "subprocess", "__loader__": "FunctionNode",
+             "__id__": 70}, (f"touch {marker}",), "subprocess.getoutput")
+
+
+ROUTES = [_constructor_from_reduce, _reduce, _partial, _method, _type, _function]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.__name__.strip("_"))
+def test_crafted_bundle_is_a_live_exploit_for_plain_skops(route, tmp_path):
+    """Control: without cellfeat's check, skops runs the payload (at load or at call)."""
+    import skops.io as sio
+
+    marker = tmp_path / "pwned"
+    node, call_args, _ = route(marker)
+    path = _craft(tmp_path / "evil.skops", node)
+    loaded = sio.load(path, trusted=sio.get_untrusted_types(file=path))["pipeline"]
+    if call_args is not None:
+        loaded(*call_args)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.__name__.strip("_"))
+def test_crafted_bundle_is_refused_before_anything_runs(route, tmp_path):
+    marker = tmp_path / "pwned"
+    node, _, offending = route(marker)
+    path = _craft(tmp_path / "evil.skops", node)
+    with pytest.raises(StageError, match=f"refused, it holds `{offending}`") as err:
+        load_bundle(path)
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_score_refuses_a_crafted_model_in_one_line(synthetic_root, tmp_path):
+    import sys
+
+    marker = tmp_path / "pwned"
+    path = _craft(tmp_path / "crafted.skops", _constructor_from_reduce(marker)[0])
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "score", str(synthetic_root),
+                           "--quiet", "--model", str(path), "--out", str(tmp_path / "p.csv"),
+                           "--features", str(tmp_path / "f"), "--jobs", "1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "refused, it holds `builtins.exec`" in err[0], proc.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_node_hidden_in_an_unexpected_field_is_still_seen(tmp_path):
+    marker = tmp_path / "pwned"
+    node = _empty_dict(80)
+    node["extra"] = _constructor_from_reduce(marker)[0]     # not where skops looks, today
+    with pytest.raises(StageError, match="builtins.exec"):
+        load_bundle(_craft(tmp_path / "evil.skops", node))
+
+
+def test_partial_of_a_harmless_function_is_refused_too(tmp_path):
+    import skops.io as sio
+
+    sio.dump({"format": 1, "pipeline": functools.partial(max, 1)}, tmp_path / "p.skops")
+    with pytest.raises(StageError, match="functools.partial"):
+        load_bundle(tmp_path / "p.skops")
