@@ -12,7 +12,10 @@ ratios compare like with like on a noisy shared machine:
 * the feature stage through a Dask LocalCluster of 1 and 2 workers;
 * where one image's time goes, in one process with one OpenCV thread (as in a feature
   task): read + decode, segmentation, features, CNN crop;
-* nucleus IoU of both segmentation methods on a synthetic cohort.
+* nucleus and whole-cell IoU of both segmentation methods on a synthetic cohort, on
+  synthetic hard cases and on the expert-drawn wbc-tecom lymphocytes (``--wbc``);
+* a gallery of the 24 largest dev cells (by cell area) with their contours, next to
+  ``--out`` (``bench_large_cells.png``), for a person to look at.
 
 Usage: ``python -m pipelines.bench [--data ../shared/data/dlmi] [--jobs 2] [--repeats 3]``
 """
@@ -126,34 +129,107 @@ def bench_dask(cohort, workers: int) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bench_segmentation(n_train=30, seed=0) -> dict:
-    """Nucleus IoU against the synthetic ground truth, and ms per image, per method."""
+def _iou(a, b) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def _iou_summary(pairs) -> dict:
+    """Median, 10th and 5th percentile of nucleus and whole-cell IoU over (seg, nuc, cell)."""
+    nuc = np.array([_iou(s.nucleus, n) for s, n, _ in pairs])
+    cell = np.array([_iou(s.cell, c) for s, _, c in pairs])
+    return {"n": len(pairs),
+            **{f"nucleus_{k}": float(np.percentile(nuc, q)) for k, q in
+               (("median", 50), ("p10", 10), ("p5", 5))},
+            **{f"cell_{k}": float(np.percentile(cell, q)) for k, q in
+               (("median", 50), ("p10", 10), ("p5", 5))},
+            "ok_share": float(np.mean([s.ok for s, _, _ in pairs]))}
+
+
+def bench_segmentation(n_train=30, seed=0, n_hard=60, wbc=None) -> dict:
+    """Nucleus and whole-cell IoU against true masks, per method: the synthetic cohort,
+    synthetic hard cases (:data:`cellfeat.synthetic.HARD_CASES`) and, when the folder is
+    there, the expert-drawn wbc-tecom lymphocytes (mask 255 nucleus, 128 cytoplasm)."""
     import cv2
+    import pandas as pd
 
     from cellfeat.data import load_cohort, read_image
     from cellfeat.segment import METHODS, segment_nucleus
-    from cellfeat.synthetic import mask_paths, write_cohort
+    from cellfeat.synthetic import HARD_CASES, hard_case, mask_paths, write_cohort
 
+    sets = {}
     root = Path(tempfile.mkdtemp(prefix="cellfeat-bench-")) / "syn"
     try:
         write_cohort(root, n_train=n_train, n_test=0, seed=seed)
         c = load_cohort(root)
-        items = [(pid, f, c.clinical.loc[pid, "SPLIT"]) for pid, fs in c.images.items() for f in fs]
-        images = [read_image(f) for _, f, _ in items]
-        truth = [cv2.imread(str(mask_paths(root, sp, pid, f.name)[0]), 0) > 0
-                 for pid, f, sp in items]
-        out = {"images": len(images)}
-        for method in METHODS:
-            t0 = time.perf_counter()
-            segs = [segment_nucleus(im, method) for im in images]
-            ms = 1000 * (time.perf_counter() - t0) / len(images)
-            iou = np.array([(s.nucleus & g).sum() / max((s.nucleus | g).sum(), 1)
-                            for s, g in zip(segs, truth)])
-            out[method] = {"iou_median": float(np.median(iou)), "iou_p5": float(np.percentile(iou, 5)),
-                           "ok_share": float(np.mean([s.ok for s in segs])), "ms_per_image": ms}
-        return out
+        items = []
+        for pid, fs in c.images.items():
+            split = c.clinical.loc[pid, "SPLIT"]
+            for f in fs:
+                npath, cpath = mask_paths(root, split, pid, f.name)
+                items.append((read_image(f), cv2.imread(str(npath), 0) > 0,
+                              cv2.imread(str(cpath), 0) > 0))
+        sets["synthetic"] = items
     finally:
         shutil.rmtree(root.parent, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    sets["synthetic hard"] = [hard_case(rng, kind) for kind in HARD_CASES
+                              for _ in range(n_hard // len(HARD_CASES))]
+    if wbc is not None and (Path(wbc) / "labels.csv").is_file():
+        labels = pd.read_csv(Path(wbc) / "labels.csv", dtype=str)
+        items = []
+        for name in labels.loc[labels["CELL_TYPE"] == "lymphocyte", "IMAGE"]:
+            img = cv2.imread(str(Path(wbc) / "images" / f"{name}.png"))[:, :, ::-1].copy()
+            mask = cv2.imread(str(Path(wbc) / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+            items.append((img, mask == 255, mask > 0))
+        sets["wbc-tecom lymphocytes"] = items
+    out = {}
+    for name, items in sets.items():
+        out[name] = {}
+        for method in METHODS:
+            t0 = time.perf_counter()
+            segs = [segment_nucleus(im, method) for im, _, _ in items]
+            ms = 1000 * (time.perf_counter() - t0) / len(items)
+            out[name][method] = {**_iou_summary([(s, n, c) for s, (_, n, c) in
+                                                 zip(segs, items)]), "ms_per_image": ms}
+    return out
+
+
+def print_segmentation(seg: dict) -> None:
+    print("segmentation against true masks (IoU; nucleus and whole cell = nucleus + cytoplasm):")
+    print(f"  {'set':22s} {'method':7s} {'n':>4s}  {'nucleus med':>11s} {'p10':>6s} {'p5':>6s}"
+          f"  {'cell med':>8s} {'p10':>6s} {'p5':>6s} {'ok':>6s} {'ms/img':>7s}")
+    for name, rows in seg.items():
+        for m, r in rows.items():
+            print(f"  {name:22s} {m:7s} {r['n']:4d}  {r['nucleus_median']:11.3f} "
+                  f"{r['nucleus_p10']:6.3f} {r['nucleus_p5']:6.3f}  {r['cell_median']:8.3f} "
+                  f"{r['cell_p10']:6.3f} {r['cell_p5']:6.3f} {r['ok_share']:6.1%} "
+                  f"{r['ms_per_image']:7.2f}")
+    print("  targets: wbc-tecom lymphocytes cell median >= 0.90 and nucleus median >= 0.92; "
+          "synthetic hard nucleus 5th percentile >= 0.85")
+
+
+def large_cell_gallery(cohort, cells_path, path, *, n=24, method="otsu") -> list:
+    """The ``n`` usable dev cells with the largest whole-cell area, with their contours,
+    for a person to look at (cytoplasm matters most there). Returns their ``ID/FILE``."""
+    import pandas as pd
+
+    from cellfeat.data import read_image
+    from cellfeat.segment import segment_nucleus
+
+    from .plots import draw_contours, montage
+
+    cells = pd.read_parquet(cells_path)
+    cells = cells[cells["QC_STATUS"] == "ok"].nlargest(n, "Cell_Shape_Area")
+    folders = {pid: files[0].parent for pid, files in cohort.images.items() if files}
+    tiles, titles = [], []
+    for _, row in cells.iterrows():
+        img = read_image(folders[row["ID"]] / row["FILE"])
+        tiles.append(draw_contours(img, segment_nucleus(img, method)))
+        titles.append(f"{row['ID']}/{row['FILE']}\ncell {row['Cell_Shape_Area']:.0f} px")
+    montage(tiles, titles, path, cols=6, tile_inches=2.2, suptitle=(
+        f"the {len(tiles)} largest cells of the dev data: nucleus (green), convex hull "
+        "(yellow), cell (red)"))
+    return [f"{r['ID']}/{r['FILE']}" for _, r in cells.iterrows()]
 
 
 def bench_breakdown(cohort, repeats, every=10) -> dict:
@@ -236,7 +312,17 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("build/bench.json"))
     p.add_argument("--no-dask", action="store_true", help="skip the Dask throughput runs")
+    p.add_argument("--wbc", type=Path, default=Path("../shared/data/wbc-tecom"),
+                   help="wbc-tecom folder (images/, masks/, labels.csv) for the real-mask rows")
+    p.add_argument("--segmentation-only", action="store_true",
+                   help="only the segmentation table (no dev data needed)")
     args = p.parse_args(argv)
+    if args.segmentation_only:
+        seg = bench_segmentation(wbc=args.wbc)
+        print_segmentation(seg)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"segmentation": seg}, indent=1))
+        return 0
     train = args.data / "trainset"
     if not train.is_dir():
         print(f"error: {train} not found; pass --data pointing at the challenge layout",
@@ -282,6 +368,9 @@ def main(argv=None):
 
         run_features(cohort, cells_dir, n_jobs=args.jobs, progress=False, gallery=False)
         mil = bench_mil(cells_dir / "cells.parquet", args.repeats)
+        gallery = args.out.parent / "bench_large_cells.png"
+        result["large_cells"] = large_cell_gallery(cohort, cells_dir / "cells.parquet", gallery)
+        print(f"wrote {gallery}: the 24 largest dev cells with their contours (look at it)")
     finally:
         shutil.rmtree(cells_dir, ignore_errors=True)
     result["mil"] = mil
@@ -299,14 +388,9 @@ def main(argv=None):
         print(f"  {k:14s} {br[k]:6.3f}")
     print(f"  a 2x-decode stage leaves {br['read_decode']:.3f} ms for all the rest; these steps "
           f"take {br['segmentation'] + br['features'] + br['crop']:.3f}")
-    seg = bench_segmentation()
+    seg = bench_segmentation(wbc=args.wbc)
     result["segmentation"] = seg
-    print(f"segmentation on {seg['images']} synthetic images (nucleus IoU vs ground truth):")
-    print(f"  {'method':8s} {'median':>7s} {'5th pct':>8s} {'ok':>6s} {'ms/img':>7s}")
-    for m in ("otsu", "kmeans"):
-        r = seg[m]
-        print(f"  {m:8s} {r['iou_median']:7.3f} {r['iou_p5']:8.3f} {r['ok_share']:6.1%} "
-              f"{r['ms_per_image']:7.2f}")
+    print_segmentation(seg)
     # colour drift (issue 14): every 25th dev image under the shift panel, by feature family
     from .stability import bench_drift
 

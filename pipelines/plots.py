@@ -11,14 +11,16 @@ CONTOUR_COLOURS = {"nucleus": (0, 220, 0), "hull": (255, 230, 0), "cell": (230, 
 
 
 def draw_contours(image: np.ndarray, seg) -> np.ndarray:
-    """A copy of ``image`` with nucleus (green), hull/ROC (yellow) and cell (red) outlines."""
+    """A copy of ``image`` with nucleus (green), hull/ROC (yellow) and whole-cell (red,
+    nucleus + cytoplasm: ``seg.cell_contour``) outlines."""
     import cv2
 
     out = image.copy()
     if seg is None or not seg.contour.size:
         return out
-    cnts, _ = cv2.findContours(seg.cell.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, cnts, -1, CONTOUR_COLOURS["cell"], 1)
+    # the whole cell (nucleus + cytoplasm) first, so the nucleus outline stays on top
+    if seg.cell_contour.size:
+        cv2.drawContours(out, [seg.cell_contour.reshape(-1, 1, 2)], -1, CONTOUR_COLOURS["cell"], 1)
     cv2.drawContours(out, [seg.hull_contour.reshape(-1, 1, 2)], -1, CONTOUR_COLOURS["hull"], 1)
     cv2.drawContours(out, [seg.contour.reshape(-1, 1, 2)], -1, CONTOUR_COLOURS["nucleus"], 1)
     return out
