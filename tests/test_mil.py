@@ -15,7 +15,9 @@ EXPECTED_FAILED = {
 
 
 @parametrize_with_checks([MISVM(random_state=0), miSVM(random_state=0),
-                          MISVM(kernel="rbf", n_components=20, random_state=0)],
+                          MISVM(kernel="rbf", random_state=0),
+                          miSVM(kernel="rbf", solver="liblinear", n_components=20,
+                                random_state=0)],
                          expected_failed_checks=lambda e: EXPECTED_FAILED)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -135,6 +137,95 @@ def test_stacking_features_are_cross_fitted():
     assert oof[y == 1, 0].mean() > oof[y == 0, 0].mean()
 
 
+def test_stacking_refuses_in_sample_scores():
+    # a class with one bag leaves no out-of-fold score for it: the old code silently
+    # returned in-sample scores, which leak the labels into a downstream model
+    bags, y, _ = mil_problem(n_bags=9)
+    y = y.copy()
+    y[y == 1] = 0
+    y[1] = 1
+    with pytest.raises(ValueError, match="at least 2 bags of each class"):
+        InstanceScoreBagFeatures(MISVM(random_state=0)).fit_transform(bags, y)
+    bags, y, _ = mil_problem(n_bags=10)
+    with pytest.raises(ValueError, match="cv >= 2"):
+        InstanceScoreBagFeatures(MISVM(random_state=0), cv=1).fit_transform(bags, y)
+
+
+@pytest.mark.parametrize("solver", ["libsvm", "liblinear"])
+def test_gamma_scale_is_unit_free(solver):
+    # gamma="scale" = 1 / (d Var(X)): multiplying every feature by 100 divides gamma by 10^4
+    # and leaves the kernel, hence the scores, unchanged (without standardisation; the old
+    # default 1 / d did not follow the units)
+    bags, y, _ = mil_problem(n_bags=30)
+    kw = dict(kernel="rbf", standardize=False, solver=solver, n_components=50, random_state=0)
+    a = MISVM(**kw).fit(bags, y)
+    b = MISVM(**kw).fit([100 * x for x in bags], y)
+    X = np.vstack(bags)
+    assert a.gamma_ == pytest.approx(1 / (X.shape[1] * X.var()))
+    assert b.gamma_ == pytest.approx(a.gamma_ / 1e4)
+    np.testing.assert_allclose(np.concatenate(a.instance_decision_function(bags)),
+                               np.concatenate(b.instance_decision_function(
+                                   [100 * x for x in bags])), rtol=1e-4, atol=1e-4)
+
+
+def test_solver_auto_exact_when_small():
+    bags, y, wit = mil_problem(n_bags=30)
+    n = sum(map(len, bags))
+    assert MISVM(kernel="rbf").fit(bags, y).solver_ == "libsvm"
+    assert MISVM(kernel="linear").fit(bags, y).solver_ == "liblinear"
+    big = MISVM(kernel="rbf")
+    big.exact_max_instances = n - 1
+    assert big.fit(bags, y).solver_ == "liblinear"
+    # the Nystroem approximation with as many components as instances is the exact kernel
+    # map: both solvers rank the same witnesses first
+    for solver in ("libsvm", "liblinear"):
+        clf = miSVM(kernel="rbf", solver=solver, n_components=n, random_state=0).fit(bags, y)
+        scores = clf.instance_decision_function(bags)
+        hits = [np.argmax(s) in np.flatnonzero(w) for s, w, lab in zip(scores, wit, y) if lab]
+        assert np.mean(hits) >= 0.9, solver
+
+
+@pytest.mark.parametrize("cls", [MISVM, miSVM])
+def test_objective_is_the_svm_primal(cls):
+    # for a linear kernel w = coef_, so 0.5 |w|^2 + C sum c_i hinge_i can be computed
+    # directly; the kernel form used for libsvm must give the same number
+    bags, y, _ = mil_problem(n_bags=20)
+    clf = cls(kernel="linear", solver="libsvm", C=0.5, random_state=0).fit(bags, y)
+    Z = clf._map(np.vstack(bags))
+    w = clf.svm_.coef_.ravel()
+    scores = clf.svm_.decision_function(Z)
+    sizes = [len(b) for b in bags]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if cls is MISVM:  # negatives, and each positive bag's best instance
+        idx = [i for b, s0, n in zip(y, starts, sizes) if not b for i in range(s0, s0 + n)]
+        idx += [s0 + int(np.argmax(scores[s0:s0 + n])) for b, s0, n in zip(y, starts, sizes)
+                if b]
+        labels = np.where(np.repeat(y, sizes)[idx] == 1, 1.0, -1.0)
+    else:  # every instance, positive bags' instances labelled by the sign of the score,
+        # the best one of a bag forced positive
+        idx = np.arange(len(Z))
+        labels = np.where(np.repeat(y, sizes) == 1, np.where(scores > 0, 1.0, -1.0), -1.0)
+        for b, s0, n in zip(y, starts, sizes):
+            if b and not (labels[s0:s0 + n] > 0).any():
+                labels[s0 + int(np.argmax(scores[s0:s0 + n]))] = 1.0
+    cw = clf.svm_class_weight_
+    c = np.where(labels > 0, cw[1.0], cw[-1.0])
+    expected = 0.5 * w @ w + 0.5 * (c * np.clip(1 - labels * scores[idx], 0, None)).sum()
+    assert clf.objective_ == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("cls", [MISVM, miSVM])
+@pytest.mark.parametrize("solver", ["libsvm", "liblinear"])
+def test_heuristic_keeps_its_best_round_and_stops(cls, solver):
+    bags, y, _ = mil_problem()
+    kw = dict(kernel="rbf", solver=solver, n_components=50, random_state=0)
+    one = cls(max_iters=1, **kw).fit(bags, y)
+    many = cls(max_iters=50, **kw).fit(bags, y)
+    # the first round is among those the longer run compares
+    assert many.objective_ <= one.objective_ * (1 + 1e-9)
+    assert many.n_iter_ < 50  # stops when a selection repeats
+
+
 def test_errors():
     with pytest.raises(ValueError, match="Only binary"):
         SIL().fit([np.zeros((2, 2))] * 3, [0, 1, 2])
@@ -146,3 +237,7 @@ def test_errors():
         MISVM().fit([np.zeros((2, 2)), np.zeros((2, 3))], [0, 1])
     with pytest.raises(ValueError, match="kernel"):
         MISVM(kernel="poly").fit([np.zeros((2, 2)), np.ones((2, 2))], [0, 1])
+    with pytest.raises(ValueError, match="solver"):
+        MISVM(solver="qp").fit([np.zeros((2, 2)), np.ones((2, 2))], [0, 1])
+    with pytest.raises(ValueError, match="gamma"):
+        MISVM(kernel="rbf", gamma=0).fit([np.zeros((2, 2)), np.ones((2, 2))], [0, 1])
