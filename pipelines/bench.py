@@ -298,7 +298,7 @@ def bench_mil(cells_path, repeats):
             tracemalloc.stop()
         out[name] = {"fit_s_median": float(np.median(times)),
                      "peak_traced_mib_median": float(np.median(peaks)) / 2**20,
-                     "iterations": int(est.n_iter_)}
+                     "iterations": int(est.n_iter_), "solver": est.solver_}
     return out
 
 
@@ -378,7 +378,7 @@ def main(argv=None):
     for k, v in mil.items():
         if isinstance(v, dict):
             print(f"  {k:14s} {v['fit_s_median']:6.2f} s   peak {v['peak_traced_mib_median']:6.1f} MiB "
-                  f"allocated ({v['iterations']} iterations)")
+                  f"allocated ({v['iterations']} iterations, {v['solver']})")
     # last: these hold hundreds of images in this process, which would inflate the peak
     # RSS baseline of the feature-stage runs above
     br = bench_breakdown(cohort, args.repeats)
