@@ -24,6 +24,7 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.extract import QC_COLUMN
+from cellfeat.heterogeneity import PIXEL_SCORE
 
 from .io import write_text
 
@@ -60,6 +61,9 @@ def _missing(x) -> bool:
 def _num(x, fmt=".2f") -> str:
     if _missing(x):
         return "—"
+    if fmt == "value":  # a measurement of any size: 3 significant digits, no exponent
+        v = float(x)
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     try:
         return format(float(x), fmt)
     except (TypeError, ValueError):
@@ -131,6 +135,7 @@ _NAMED = {
     "Bag_Heterogeneity_CovLogDet": "volume of the cloud of cell features",
     "Bag_Heterogeneity_OutlierShare": "share of cells unlike the others",
     "Bag_Heterogeneity_PixelDispersion": "pixel variation between the images",
+    "Image_Logit": "score of the image-only model (log-odds)",
     "MIL_Score_Max": "most tumoral-looking cell (MI-SVM score)",
     "MIL_Score_Mean": "average MI-SVM cell score",
     "MIL_Score_TopKMean": "average of the most tumoral-looking cells (MI-SVM)",
@@ -163,75 +168,73 @@ def gloss(name: str) -> str:
     return f"{obj} {measure}" if measure else ""
 
 
-# --------------------------------------------------------------------------- model walking
+# --------------------------------------------------------------------------- training reference
 
 def _final_step(model):
     """The last estimator of a Pipeline (or the model itself)."""
     return model.steps[-1][1] if hasattr(model, "steps") else model
 
 
-def _children(est):
-    """Fitted sub-estimators worth searching (pipelines, unions, wrappers, experts)."""
-    out = []
-    for _, step in getattr(est, "steps", []):
-        out.append(step)
-    for _, part in getattr(est, "transformer_list", []):
-        out.append(part)
-    for attr in ("estimator_", "clinical_expert_", "image_expert_", "model_"):
-        sub = getattr(est, attr, None)
-        if sub is not None and hasattr(sub, "fit"):
-            out.append(sub)
-    for cc in getattr(est, "calibrated_classifiers_", []) or []:
-        out.append(cc.estimator)
+def _ok_cells(X: pd.DataFrame) -> pd.DataFrame:
+    parts = [c[c[QC_COLUMN] == "ok"].assign(ID=pid) for pid, c in zip(X.index, X["CELLS"]) if len(c)]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["ID", QC_COLUMN])
+
+
+def fit_heterogeneity(X: pd.DataFrame) -> dict | None:
+    """The standardisation of :class:`cellfeat.heterogeneity.HeterogeneityScores` learnt on
+    the training cohort's usable cells, as JSON-able lists (None without usable cells)."""
+    from cellfeat.features import FEATURE_NAMES
+    from cellfeat.heterogeneity import HeterogeneityScores
+
+    cells = _ok_cells(X)
+    feats = [c for c in FEATURE_NAMES if c in cells]
+    try:
+        h = HeterogeneityScores(features=feats).fit(cells[["ID", *feats]])
+    except ValueError:  # no cell with finite features: nothing to place patients on
+        return None
+    return {"features": list(h.features_), "center": h.center_.tolist(), "scale": h.scale_.tolist()}
+
+
+def heterogeneity_values(state: dict | None, X: pd.DataFrame) -> pd.DataFrame:
+    """Each patient's ``Bag_Heterogeneity_*`` scores under the stored standardisation, plus
+    the pixel dispersion column when the frame has it."""
+    from cellfeat.heterogeneity import HeterogeneityScores
+
+    out = pd.DataFrame(index=X.index)
+    if state:
+        h = HeterogeneityScores(features=state["features"])
+        h.features_ = list(state["features"])
+        h.center_ = np.asarray(state["center"], float)
+        h.scale_ = np.asarray(state["scale"], float)
+        cells = _ok_cells(X)
+        if len(cells) and all(f in cells for f in h.features_):
+            out = h.transform(cells[["ID", *h.features_]]).reindex(X.index)
+        else:
+            out = pd.DataFrame(np.nan, index=X.index, columns=list(h.get_feature_names_out()))
+    if PIXEL_SCORE in X:
+        out[PIXEL_SCORE] = pd.to_numeric(X[PIXEL_SCORE], errors="coerce").to_numpy(float)
     return out
 
 
-def find_fitted(models, cls):
-    """The first fitted ``cls`` instance in a bundle's models (depth-first, bundle order)."""
-    stack = list(models.values())[::-1] if isinstance(models, dict) else [models]
-    seen = set()
-    while stack:
-        est = stack.pop()
-        if id(est) in seen:
-            continue
-        seen.add(id(est))
-        if isinstance(est, cls) and any(k.endswith("_") and not k.startswith("_")
-                                        for k in vars(est)):
-            return est
-        stack.extend(_children(est)[::-1])
-    return None
+def reference_distributions(X: pd.DataFrame, y) -> dict:
+    """What the training cohort looked like, for placing a new patient on it.
 
-
-def _bag_features(models):
-    from cellfeat.models import CellBagFeatures
-
-    est = find_fitted(models, CellBagFeatures)
-    return est if est is not None and getattr(est, "heterogeneity", False) else None
-
-
-def _heterogeneity(models, X: pd.DataFrame) -> pd.DataFrame:
-    bf = _bag_features(models)
-    if bf is None:
-        return pd.DataFrame(index=X.index)
-    t = bf.transform(X)
-    return t[[c for c in t.columns if c.startswith("Bag_Heterogeneity_")]]
-
-
-def reference_distributions(models: dict, X: pd.DataFrame, y) -> dict:
-    """Per-class quantiles of the training cohort, for placing a new patient on them.
-
-    Stored in the bundle meta as ``"reference"``: for ``AGE``, ``LYMPH_COUNT`` and each
-    ``Bag_Heterogeneity_*`` score (computed by the bundle's own fitted bag transformer),
-    ``{"reactive": {"q": [...], "n": n}, "tumoral": {...}}`` at :data:`QUANTILES`.
+    Stored in the bundle meta as ``"reference"``: ``"variables"`` maps ``AGE``,
+    ``LYMPH_COUNT`` and each heterogeneity score to
+    ``{"reactive": {"q": [...], "n": n}, "tumoral": {...}}`` at :data:`QUANTILES`;
+    ``"heterogeneity"`` holds the cell-feature standardisation the scores were computed with,
+    so a scored patient's scores are comparable whatever model made the call.
     """
     y = np.asarray(y).astype(int)
+    het_state = fit_heterogeneity(X)
     cols = {"AGE": pd.to_numeric(X["AGE"], errors="coerce"),
             "LYMPH_COUNT": pd.to_numeric(X["LYMPH_COUNT"], errors="coerce")}
-    het = _heterogeneity(models, X)
+    het = heterogeneity_values(het_state, X)
     cols.update({c: het[c] for c in het.columns})
-    out = {"quantiles": list(QUANTILES), "variables": {}}
+    out = {"quantiles": list(QUANTILES), "variables": {}, "heterogeneity": het_state}
     for name, values in cols.items():
-        v = values.to_numpy(float)
+        v = np.asarray(values, float)
         entry = {}
         for k, cls in enumerate(CLASS_NAMES):
             vv = v[(y == k) & np.isfinite(v)]
@@ -248,21 +251,38 @@ def _feature_names(transformer) -> list[str]:
 
 
 def _explain(est, Z, names, raw) -> dict | None:
-    """Contributions of each input of ``est`` to one patient's log-odds (row 0 of ``Z``)."""
+    """Contributions of each input of ``est`` to one patient's log-odds (row 0 of ``Z``).
+
+    ``names``/``raw`` are the model inputs' registry names and unscaled values once a
+    feature step has produced them; later steps (imputation, scaling) keep them.
+    """
     from sklearn.linear_model import LogisticRegression
 
     if hasattr(est, "steps"):
-        if len(est.steps) > 1:
-            Z2 = Z  # step by step: a sliced Pipeline counts as unfitted in recent scikit-learn
-            for _, step in est.steps[:-1]:
-                Z2 = step.transform(Z2)
+        Z2 = Z  # step by step: a sliced Pipeline counts as unfitted in recent scikit-learn
+        for _, step in est.steps[:-1]:
+            Z2 = step.transform(Z2)
             if names is None:
-                names = _feature_names(est.steps[-2][1])
+                names = _feature_names(step)
                 raw = np.asarray(Z2, float)[0]
             elif np.shape(Z2)[1] != len(names):
                 return None
-            Z = Z2
-        return _explain(est.steps[-1][1], Z, names, raw)
+        return _explain(est.steps[-1][1], Z2, names, raw)
+    if hasattr(est, "features_") and hasattr(est, "_z") and hasattr(est, "model_"):
+        Z2 = est._z(Z)  # the clinical baseline: its own inputs, then a logistic pipeline
+        return _explain(est.model_, Z2, list(est.features_), np.asarray(Z2, float)[0])
+    if hasattr(est, "chosen_") and hasattr(est, "model_"):  # a model-choice rule
+        return _explain(est.model_, Z, names, raw)
+    if hasattr(est, "platt_") and hasattr(est, "estimator_"):
+        # Platt scaling is affine in log-odds: a·(Σ c_i + bias) + b, so scaled contributions
+        # still add up, to the calibrated log-odds of the P(tumoral) the page shows
+        ex = _explain(est.estimator_, Z, names, raw)
+        if ex is not None and ex["kind"] == "additive":
+            a, b = (float(v) for v in est.platt_)
+            ex["contrib"] = a * ex["contrib"]
+            ex["bias"] = a * ex["bias"] + b
+            ex["method"] += ", calibrated"
+        return ex
     if hasattr(est, "gate_coef_"):  # GatedMixture: the expert split
         g = float(est.gate(Z)[0])
         experts = []
@@ -272,9 +292,8 @@ def _explain(est, Z, names, raw) -> dict | None:
                             "detail": _explain(sub, Z, None, None)})
         return {"kind": "gated", "gate": g, "experts": experts,
                 "method": "mixture of experts: P = g·P(image expert) + (1 − g)·P(clinical expert)"}
-    for attr in ("estimator_",):  # threshold wrappers
-        if hasattr(est, attr) and not hasattr(est, "coef_") and hasattr(getattr(est, attr), "fit"):
-            return _explain(getattr(est, attr), Z, names, raw)
+    if hasattr(est, "estimator_") and not hasattr(est, "coef_"):  # threshold wrappers
+        return _explain(est.estimator_, Z, names, raw)
     if getattr(est, "calibrated_classifiers_", None):
         parts = [_explain(cc.estimator, Z, names, raw) for cc in est.calibrated_classifiers_]
         if any(p is None or p["kind"] != "additive" for p in parts):
@@ -342,7 +361,8 @@ def _top(ex, top):
     c = ex["contrib"]
     order = np.argsort(-np.abs(c))[:top]
     scale = max(float(np.abs(c[order]).max()) if len(order) else 0.0, 1e-12)
-    rows = [{"name": ex["names"][i], "gloss": gloss(ex["names"][i]), "value": float(ex["raw"][i]),
+    rows = [{"name": ex["names"][i], "parts": ex["names"][i].split("_"),
+             "gloss": gloss(ex["names"][i]), "value": float(ex["raw"][i]),
              "contrib": float(c[i]), "width": 50 * abs(float(c[i])) / scale} for i in order]
     return {"kind": "additive", "rows": rows, "bias": ex["bias"], "method": ex["method"],
             "total": float(c.sum() + ex["bias"]), "rest": float(c.sum() - c[order].sum())}
@@ -377,34 +397,37 @@ def leave_one_cell_out(model, X1: pd.DataFrame, batch: int = 64) -> tuple[np.nda
 
 
 def cell_tile(path: Path, method: str) -> np.ndarray:
-    """One cell image with nucleus and cell contours, scaled to :data:`TILE_PX`."""
+    """One cell image with its nucleus (green) and whole-cell (red) outlines, scaled to
+    :data:`TILE_PX` on its longer side; lines drawn thick enough to survive the scaling."""
     import cv2
 
     from cellfeat.data import read_image
     from cellfeat.segment import segment_nucleus
 
-    from .plots import draw_contours
-
     img = read_image(path)
     seg = segment_nucleus(img, method) if min(img.shape[:2]) >= 32 else None
-    if seg is not None and seg.status == "ok":
-        # thicker lines first so they survive the downscale
-        scale = max(img.shape[:2]) / TILE_PX
-        img = draw_contours(img, seg) if scale < 1.5 else _thick_contours(img, seg, int(round(scale)))
     h, w = img.shape[:2]
     f = TILE_PX / max(h, w)
+    if seg is not None and seg.status == "ok":
+        img = outline_cell(img, seg, thickness=max(1, int(round(1 / f))))
     return cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
-def _thick_contours(image, seg, t):
+def outline_cell(image: np.ndarray, seg, *, thickness: int = 1) -> np.ndarray:
+    """A copy of ``image`` with the whole-cell outline (red) under the nucleus outline
+    (green), in the colours of :data:`pipelines.plots.CONTOUR_COLOURS`."""
     import cv2
 
     from .plots import CONTOUR_COLOURS
 
     out = image.copy()
-    cnts, _ = cv2.findContours(seg.cell.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, cnts, -1, CONTOUR_COLOURS["cell"], t)
-    cv2.drawContours(out, [seg.contour.reshape(-1, 1, 2)], -1, CONTOUR_COLOURS["nucleus"], t)
+    cell = getattr(seg, "cell_contour", None)
+    if cell is not None and cell.size:
+        cnts = [cell.reshape(-1, 1, 2)]
+    else:
+        cnts, _ = cv2.findContours(seg.cell.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, list(cnts), -1, CONTOUR_COLOURS["cell"], thickness)
+    cv2.drawContours(out, [seg.contour.reshape(-1, 1, 2)], -1, CONTOUR_COLOURS["nucleus"], thickness)
     return out
 
 
@@ -465,9 +488,10 @@ def _thresholds(meta: dict, pred: pd.DataFrame, model) -> tuple[float | None, fl
     dec = None
     if "THRESHOLD" in pred and pred["THRESHOLD"].notna().any():
         dec = float(pred["THRESHOLD"].dropna().iloc[0])
-    for key in ("threshold", "decision_threshold"):
-        if dec is None and isinstance(meta.get(key), (int, float)):
-            dec = float(meta[key])
+    decision = meta.get("decision") if isinstance(meta.get("decision"), dict) else {}
+    for value in (decision.get("threshold"), meta.get("threshold")):
+        if dec is None and isinstance(value, (int, float)):
+            dec = float(value)
     if dec is None:
         last = _final_step(model)
         for attr in ("best_threshold_", "threshold_"):
@@ -475,15 +499,16 @@ def _thresholds(meta: dict, pred: pd.DataFrame, model) -> tuple[float | None, fl
                 dec = float(getattr(last, attr))
                 break
     tri = None
-    t = meta.get("triage")
-    if isinstance(t, dict) and isinstance(t.get("threshold"), (int, float)):
-        tri = float(t["threshold"])
-    elif isinstance(meta.get("triage_threshold"), (int, float)):
-        tri = float(meta["triage_threshold"])
+    t = meta.get("triage") if isinstance(meta.get("triage"), dict) else {}
+    for value in (decision.get("triage_threshold"), t.get("threshold")):
+        if tri is None and isinstance(value, (int, float)):
+            tri = float(value)
     return dec, tri
 
 
 def _nested(meta: dict) -> dict | None:
+    if isinstance(meta.get("nested"), dict):
+        return meta["nested"]
     for row in meta.get("cv", []) or []:
         if row.get("candidate") == "nested":
             return row
@@ -514,20 +539,21 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
     cells_long = _qc_reasons(feat_dir, frame.index)
     files_of = {pid: {p.name: p for p in cohort.images.get(pid, [])} for pid in frame.index}
     pred = pred.set_index("ID", drop=False)
-    het_cache = {}
+    het = heterogeneity_values((meta.get("reference") or {}).get("heterogeneity"), frame)
     patients, summary = [], []
     for pid in frame.index:
         r = pred.loc[pid]
         X1 = frame.loc[[pid]]
         label = r["LABEL"]
         call = "no call" if pd.isna(label) else ("tumoral" if int(label) == 1 else "reactive")
-        route = r.get("MODEL") or ""
-        model = models.get(route) or (models["main"] if route == "main" else None)
+        route = str(r.get("MODEL") or "")
+        model = models.get(route) if route else None
         proba = None if pd.isna(r["PROBA"]) else float(r["PROBA"])
         thr = float(r["THRESHOLD"]) if "THRESHOLD" in r and not pd.isna(r["THRESHOLD"]) else dec
         triage = str(r["TRIAGE"]) if "TRIAGE" in r and not pd.isna(r["TRIAGE"]) else None
         mine = cells_long[cells_long["ID"] == pid].reset_index(drop=True)
-        unusable = [{"file": f, "reason": s, "detail": d if isinstance(d, str) else ""}
+        unusable = [{"file": f, "reason": s,
+                     "detail": d if isinstance(d, str) and d and d not in s else ""}
                     for f, s, d in zip(mine["FILE"], mine[QC_COLUMN], mine["QC_DETAIL"]) if s != "ok"]
         # placement on the training cohort
         clin = [{"title": "age (years)", "value": X1["AGE"].iloc[0], "ref": ref.get("AGE"), "fmt": ".0f"},
@@ -535,16 +561,14 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
                  "ref": ref.get("LYMPH_COUNT"), "log": True, "fmt": ".1f"}]
         het_names = [n for n in ref if n.startswith("Bag_Heterogeneity_")]
         het_fig = None
-        if het_names and model is not None and route != "clinical":
-            if not het_cache:
-                het_cache.update(_heterogeneity(models, frame).to_dict(orient="index"))
-            values = het_cache.get(pid, {})
-            het_fig = distribution_figure([{"title": gloss(n) or n,
-                                            "value": values.get(n), "ref": ref[n]} for n in het_names])
+        if het_names and int(r["N_CELLS_USED"]) > 0:
+            values = het.loc[pid] if pid in het.index else {}
+            het_fig = distribution_figure([{"title": gloss(n) or n, "value": values.get(n),
+                                            "ref": ref[n]} for n in het_names])
         contrib = contributions(model, X1) if model is not None else {
             "kind": "none", "why": "no model could score this patient"}
         tiles, ranking_note = [], None
-        if model is not None and route != "clinical":
+        if model is not None and route not in ("clinical", "none"):
             tiles, ranking_note = _ranked_tiles(model, X1, mine, files_of[pid], call, method, k)
         n_found, n_used = int(r["N_CELLS"]), int(r["N_CELLS_USED"])
         summary.append({"id": pid, "anchor": f"p{len(summary)}", "call": call, "proba": proba,
@@ -612,7 +636,8 @@ def write_score_report(path, **kw) -> Path:
 
 # --------------------------------------------------------------------------- training page
 
-_INLINE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)|\*\*(.+?)\*\*|`([^`]+)`|\[([^\]]+)\]\(([^)\s]+)\)")
+_INLINE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)|\*\*(.+?)\*\*|`([^`]+)`|\[([^\]]+)\]\(([^)\s]+)\)"
+                     r"|(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])")
 
 
 def _spans(text: str, folder: Path, used: set) -> list[dict]:
@@ -631,10 +656,12 @@ def _spans(text: str, folder: Path, used: set) -> list[dict]:
             else:
                 out.append({"kind": "text", "text": f"[figure {m.group(2)} not found]"})
         elif m.group(3) is not None:
-            out.append({"kind": "strong", "text": m.group(3)})
+            out.append({"kind": "strong", "text": m.group(3).replace("`", "")})
+        elif m.group(7) is not None:
+            out.append({"kind": "em", "text": m.group(7)})
         elif m.group(4) is not None:
             out.append({"kind": "code", "text": m.group(4)})
-        else:  # a link: its words only, a self-contained page links nowhere
+        elif m.group(5) is not None:  # a link: its words only, a self-contained page links nowhere
             out.append({"kind": "text", "text": f"{m.group(5)} ({m.group(6)})"})
         pos = m.end()
     if pos < len(text):
@@ -682,7 +709,7 @@ def markdown_blocks(text: str, folder: Path) -> tuple[list[dict], set]:
             while i < len(lines) and re.match(r"^\s*[-*]\s+", lines[i]):
                 items.append(_spans(re.sub(r"^\s*[-*]\s+", "", lines[i]), folder, used))
                 i += 1
-            blocks.append({"kind": "ul", "items": items})
+            blocks.append({"kind": "ul", "entries": items})
             continue
         else:
             para.append(line.strip())

@@ -162,7 +162,7 @@ def stage_train(args):
             timespec="seconds"), "versions": _versions(),
     }
     model_bundle = {"main": final, "explainer": explainer, **fallbacks}
-    meta["reference"] = reference_distributions(model_bundle, lab, y)  # for the HTML report
+    meta["reference"] = reference_distributions(lab, y)  # for the HTML report
     save_bundle(args.model, pipeline=model_bundle, meta=meta)
     report_dir = args.report or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
     colour_stability(cohort, feat_dir, lab, y, chosen, report_dir, args, log=_log)  # issue 14

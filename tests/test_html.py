@@ -1,0 +1,327 @@
+"""pipelines.html: the scoring and training pages, checked in headless Chromium.
+
+The browser tests open the pages as a reader would (file://, no server) and check what
+the issue asks: a screenshot that is not blank, every scored patient with a picture,
+nothing fetched from the network, and hostile text shown as text. They skip only where
+Debian's ``chromium`` is not installed (``.ci/run`` installs it).
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellfeat.data import load_cohort
+from cellfeat.models import make_pipeline
+from pipelines.features import run_features
+from pipelines.html import (contributions, gloss, leave_one_cell_out, markdown_blocks,
+                            reference_distributions, render, score_report_context,
+                            write_score_report, write_train_report)
+from pipelines.stages import _cohort_frame, score_frame
+
+CHROMIUM = Path("/usr/bin/chromium")
+HOSTILE = "<img src=x onerror=alert(1)>"
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Chromium is not installed here (apt-get install chromium; "
+                                  ".ci/run installs it): the browser checks cannot run")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def scored(synthetic_root, tmp_path_factory):
+    """The synthetic cohort with a hostile image name and a broken image in one unlabelled
+    patient, its features, a small clinical + image model, and the scoring page."""
+    d = tmp_path_factory.mktemp("html")
+    root = d / "cohort"
+    shutil.copytree(synthetic_root, root)
+    victim = sorted((root / "testset").glob("P*"))[0]
+    shutil.copy(sorted(victim.glob("*.jpg"))[0], victim / f"{HOSTILE}.jpg")
+    (victim / "broken<b>.jpg").write_bytes(b"not a jpeg")
+    cohort = load_cohort(root)
+    run_features(cohort, d / "f", n_jobs=1, progress=False, gallery=False)
+    frame = _cohort_frame(cohort, d / "f")
+    lab = frame[frame["LABEL"].notna()]
+    y = lab["LABEL"].astype(int).to_numpy()
+    models = {"main": make_pipeline("clinical+bags-logreg").fit(lab, y),
+              "clinical": make_pipeline("clinical-logreg").fit(lab, y)}
+    meta = {"chosen": "clinical+bags-logreg", "trained": "2026-01-01T00:00:00",
+            "n_patients": int(len(y)), "versions": {"cellfeat": "test"},
+            "cv": [{"candidate": "nested", "balanced_accuracy": 0.8,
+                    "balanced_accuracy_ci_low": 0.7, "balanced_accuracy_ci_high": 0.9}],
+            "feature_settings": {"method": "otsu"}, "reference": reference_distributions(lab, y)}
+    test = frame[frame["LABEL"].isna()]
+    pred = score_frame(models, test)
+    kw = dict(cohort=cohort, frame=test, pred=pred, models=models, meta=meta, feat_dir=d / "f")
+    page = write_score_report(d / "pred_report.html", **kw)
+    return {"dir": d, "page": page, "kw": kw, "lab": lab, "y": y, "victim": victim.name,
+            "ids": list(test.index)}
+
+
+@pytest.fixture(scope="module")
+def train_page(tmp_path_factory):
+    """A training report folder as pipelines.report writes it (README.md, metrics.json,
+    figures), with a hostile string in a table cell, rendered to index.html."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = tmp_path_factory.mktemp("train_report")
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.plot([0, 0.2, 1], [0, 0.8, 1])
+    fig.savefig(d / "roc.png", dpi=80)
+    fig.savefig(d / "extra.png", dpi=80)
+    plt.close(fig)
+    (d / "README.md").write_text("\n".join([
+        "# cellfeat training report", "", "24 labelled patients; `nested` is the nested-CV "
+        "estimate of the *whole* procedure.", "", "**Chosen: `clinical-logreg`**", "",
+        "| candidate | balanced accuracy |", "|---|---|", f"| {HOSTILE} | 0.800 |",
+        "| nested | 0.750 |", "", "![ROC](roc.png) ![outside](../secret.png)", "",
+        "## Heterogeneity", "", "- `Bag_Heterogeneity_CovTrace`: 0.6", ""]))
+    (d / "metrics.json").write_text(json.dumps({
+        "chosen": "clinical-logreg", "n_patients": 24, "n_tumoral": 16,
+        "candidates": {"nested": {"balanced_accuracy": 0.75, "balanced_accuracy_ci_low": 0.6,
+                                  "balanced_accuracy_ci_high": 0.9, "roc_auc": 0.8}}}))
+    return write_train_report(d)
+
+
+# --------------------------------------------------------------------------- browser helpers
+
+def chromium(page: Path, tmp: Path, *flags) -> subprocess.CompletedProcess:
+    profile = tmp / "profile"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", *flags, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
+
+
+class DomIndex(HTMLParser):
+    """Text, <img> elements and which patient section each image sits in."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.imgs, self.sections = [], [], {}
+        self._section = None
+        self._depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section" and a.get("id"):
+            self._section, self._depth = a["id"], 0
+            self.sections[self._section] = {"imgs": 0, "text": []}
+        elif tag == "section":
+            self._depth += 1
+        if tag == "img":
+            self.imgs.append(a)
+            if self._section:
+                self.sections[self._section]["imgs"] += a.get("src", "").startswith("data:image/")
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            if self._depth:
+                self._depth -= 1
+            else:
+                self._section = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._section:
+            self.sections[self._section]["text"].append(data)
+
+
+def dom_of(page, tmp) -> DomIndex:
+    dom = DomIndex()
+    dom.feed(chromium(page, tmp, "--dump-dom", "--virtual-time-budget=3000").stdout)
+    return dom
+
+
+#: Chromium's own service calls, made whatever the page (seen in its net log with the flags
+#: above on an empty page): component updates, account probe, network time.
+BROWSER_CALLS = ("http://update.googleapis.com/service/update2/",
+                 "https://update.googleapis.com/service/update2/",
+                 "https://accounts.google.com/ListAccounts?", "http://clients2.google.com/time/")
+
+
+def requests_of(page, tmp) -> list[str]:
+    """URLs of the network requests Chromium's net log recorded while it loaded the page,
+    less the browser's own service calls (:data:`BROWSER_CALLS`)."""
+    log = tmp / "net.json"
+    log.unlink(missing_ok=True)
+    chromium(page, tmp, f"--log-net-log={log}", "--net-log-capture-mode=Default", "--dump-dom",
+             "--virtual-time-budget=3000", "--disable-features=NetworkTimeServiceQuerying")
+    urls = set(re.findall(r'"url"\s*:\s*"([^"]+)"', log.read_text(errors="replace")))
+    return sorted(u for u in urls if not u.startswith(BROWSER_CALLS + ("file:", "data:")))
+
+
+@needs_chromium
+def test_net_log_sees_a_page_request(tmp_path):
+    # the control for the no-request checks below: a page that loads one image from a
+    # local port (refused at once) shows that request in the net log
+    page = tmp_path / "leaky.html"
+    page.write_text('<!DOCTYPE html><p>x</p><img src="http://127.0.0.1:9/leak.png">')
+    assert requests_of(page, tmp_path) == ["http://127.0.0.1:9/leak.png"]
+
+
+def assert_not_blank(page, tmp):
+    import matplotlib.image as mpimg
+
+    shot = tmp / "shot.png"
+    chromium(page, tmp, f"--screenshot={shot}", "--window-size=1366,1600", "--hide-scrollbars")
+    img = mpimg.imread(shot)[..., :3]
+    ink = (img < 0.85).any(axis=-1).mean()
+    # a blank page is uniformly white (std 0, ink 0); text and figures give both
+    assert img.std() > 0.02 and ink > 0.005, f"screenshot looks blank (ink {ink:.4f})"
+
+
+def assert_self_contained(html: str):
+    # every src/href of the page is inline data or a same-page anchor; no CSS url(...)
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), \
+        [r[:40] for r in refs if not r.startswith(("data:", "#"))]
+    assert "url(" not in html and "@import" not in html
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", html, re.I)
+
+
+# --------------------------------------------------------------------------- unit checks
+
+def test_gloss_reads_registry_names():
+    # expected words: assembled from the name's parts by the glossary tables in html.py
+    assert gloss("Bag_Std_Nucleus_Shape_Area") == "cell-to-cell SD of nucleus size (area)"
+    assert gloss("Bag_Q90_ROC_Colour_LAB_L_MeanRatio") == \
+        "90th percentile over cells of nuclear indentations colour (LAB L) relative to the image"
+    assert gloss("Clinical_LogLymphCount") == "lymphocyte count (log of 10⁹/L)"
+    assert gloss("Something_Unknown") == ""
+
+
+def test_contributions_add_up_to_the_shown_probability(scored):
+    # additive explanations: contributions + baseline = log-odds of the P(tumoral) shown
+    # (for a calibrated model, Platt's affine map is applied to both sides)
+    lab, y = scored["lab"], scored["y"]
+    pid = lab.index[0]
+    models = [scored["kw"]["models"]["main"], scored["kw"]["models"]["clinical"],
+              make_pipeline("clinical+bags-xgb", tuned=False).fit(lab, y)]
+    for model in models:
+        c = contributions(model, lab.loc[[pid]], top=500)
+        assert c["kind"] == "additive", c
+        p = model.predict_proba(lab.loc[[pid]])[0, 1]
+        assert c["total"] == pytest.approx(np.log(p / (1 - p)), abs=1e-4)
+        assert c["rows"][0]["name"] and abs(c["rows"][0]["contrib"]) >= abs(c["rows"][-1]["contrib"])
+
+
+def test_gated_mixture_gives_its_expert_split(scored):
+    lab, y = scored["lab"], scored["y"]
+    model = make_pipeline("gated-mixture").fit(lab, y)
+    c = contributions(model, lab.iloc[[0]])
+    assert c["kind"] == "gated" and [e["label"] for e in c["experts"]] == \
+        ["image expert", "clinical expert"]
+    g = c["gate"]
+    mixed = g * c["experts"][0]["proba"] + (1 - g) * c["experts"][1]["proba"]
+    # GatedMixture: p = g·p_image + (1 − g)·p_clinical, before any calibration wrapper
+    inner = model.steps[-1][1]
+    inner = getattr(inner, "estimator_", inner)
+    inner = inner.steps[-1][1] if hasattr(inner, "steps") else inner
+    assert mixed == pytest.approx(inner.predict_proba(lab.iloc[[0]])[0, 1], abs=1e-9)
+
+
+def test_leave_one_cell_out_asks_the_model_itself(scored):
+    model = scored["kw"]["models"]["main"]
+    X1 = scored["lab"].iloc[[3]]
+    rows, delta = leave_one_cell_out(model, X1, batch=4)  # several batches
+    cells = X1["CELLS"].iloc[0]
+    assert list(rows) == list(np.flatnonzero((cells["QC_STATUS"] == "ok").to_numpy()))
+    p_all = model.predict_proba(X1)[0, 1]
+    j = len(rows) // 2
+    without = X1.copy()
+    without.iat[0, without.columns.get_loc("CELLS")] = cells.drop(index=cells.index[rows[j]])
+    assert delta[j] == pytest.approx(p_all - model.predict_proba(without)[0, 1], abs=1e-12)
+
+
+def test_reference_quantiles_are_the_training_cohort_per_class(scored):
+    lab, y = scored["lab"], scored["y"]
+    ref = reference_distributions(lab, y)
+    ages = lab["AGE"].to_numpy(float)
+    for k, cls in enumerate(("reactive", "tumoral")):
+        a = ages[(y == k) & np.isfinite(ages)]
+        assert ref["variables"]["AGE"][cls]["q"] == pytest.approx(np.quantile(a, ref["quantiles"]))
+        assert ref["variables"]["AGE"][cls]["n"] == len(a)
+    assert "Bag_Heterogeneity_FeatureDispersion" in ref["variables"]
+    json.dumps(ref)  # it travels in the bundle's JSON meta
+
+
+def test_markdown_embeds_only_figures_of_the_report_folder(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG fake")
+    (tmp_path.parent / "outside.png").write_bytes(b"\x89PNG fake")
+    blocks, used = markdown_blocks("# T\n\n![a](a.png) ![b](../outside.png)\n\n| x | y |\n|---|---|\n"
+                                   "| 1 | `2` |\n", tmp_path)
+    assert [b["kind"] for b in blocks] == ["h", "p", "table"]
+    spans = blocks[1]["spans"]
+    assert spans[0]["kind"] == "img" and spans[0]["src"].startswith("data:image/png;base64,")
+    assert spans[-1] == {"kind": "text", "text": "[figure ../outside.png not found]"}
+    assert used == {"a.png"}
+    assert blocks[2]["rows"] == [[[{"kind": "text", "text": "1"}], [{"kind": "code", "text": "2"}]]]
+
+
+def test_templates_escape_untrusted_text(scored):
+    ctx = score_report_context(**scored["kw"])
+    ctx["summary"][0]["id"] = ctx["patients"][0]["id"] = HOSTILE
+    ctx["data"] = HOSTILE
+    html = render("score.html.j2", **ctx)
+    assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_score_page_lists_every_patient_and_unusable_image(scored):
+    html = scored["page"].read_text(encoding="utf-8")
+    for pid in scored["ids"]:
+        assert f">{pid}<" in html
+    assert "broken&lt;b&gt;.jpg" in html and "unreadable" in html
+    assert_self_contained(html)
+
+
+# --------------------------------------------------------------------------- in the browser
+
+@needs_chromium
+def test_score_page_in_chromium(scored, tmp_path):
+    # the page as written, plus a copy whose patient ID and data path are hostile too
+    ctx = score_report_context(**scored["kw"])
+    ctx["summary"][0]["id"] = ctx["patients"][0]["id"] = HOSTILE
+    ctx["data"] = HOSTILE
+    hostile = tmp_path / "hostile.html"
+    hostile.write_text(render("score.html.j2", **ctx), encoding="utf-8")
+    for page in (scored["page"], hostile):
+        assert_self_contained(page.read_text(encoding="utf-8"))
+        assert_not_blank(page, tmp_path)
+        dom = dom_of(page, tmp_path)
+        text = "".join(dom.text)
+        # every scored patient has its section with at least one inline picture
+        assert len(dom.sections) == len(scored["ids"])
+        for sec in dom.sections.values():
+            assert sec["imgs"] >= 1
+        named = {pid for pid in scored["ids"] if any(pid in "".join(s["text"]) for s in dom.sections.values())}
+        assert named >= set(scored["ids"][1:])
+        # hostile names are text, never elements
+        assert f"{HOSTILE}.jpg" in text
+        assert all(i.get("src", "").startswith("data:") for i in dom.imgs)
+        assert not any("onerror" in i for i in dom.imgs)
+        assert "broken<b>.jpg" in text
+    assert HOSTILE in "".join(dom_of(hostile, tmp_path).text)
+    assert requests_of(hostile, tmp_path) == []
+
+
+@needs_chromium
+def test_train_page_in_chromium(train_page, tmp_path):
+    html = train_page.read_text(encoding="utf-8")
+    assert_self_contained(html)
+    assert "secret.png" in html and html.count("data:image/png;base64,") == 2  # roc + extra
+    assert_not_blank(train_page, tmp_path)
+    dom = dom_of(train_page, tmp_path)
+    text = "".join(dom.text)
+    assert HOSTILE in text and "cellfeat training report" in text
+    assert len(dom.imgs) == 2 and all(i["src"].startswith("data:image/png") for i in dom.imgs)
+    assert requests_of(train_page, tmp_path) == []
