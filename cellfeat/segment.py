@@ -54,9 +54,9 @@ STATUSES = {
     "touches_border": "the centred nucleus is cut by the image border",
     "several_candidates": "two large stained components compete for the centre",
     "touching_nuclei": "the centred component is two nuclei touching (a waist between two cores)",
-    "multi_lobed": "another chromatin blob of at least a fifth of the nucleus lies within a few "
-                   "px of it inside the same cell: a segmented (multi-lobed) nucleus, not a "
-                   "lymphocyte",
+    "multi_lobed": "two or more chromatin blobs, each a fifth to 0.8 of the nucleus, lie within "
+                   "a few px of it inside the same cell: a segmented (multi-lobed) nucleus, "
+                   "not a lymphocyte",
     "cell_touches_border": "the nucleus is whole but the cell (nucleus + cytoplasm) is cut by "
                            "the image border, so cell measurements would be truncated",
     "too_small": "image smaller than the minimum size",
@@ -352,7 +352,17 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
     offset = np.array([x0, y0], np.int32)
     stained = labels[wy0:wy1, wx0:wx1]
     others = ((stained > 0) & (stained != chosen)).view(np.uint8)
-    wc = _whole_cell(opp, nucleus_u8, image[wy0:wy1, wx0:wx1], others)
+    # plasma and red cells are learnt from the whole image (every 4th pixel of every 4th
+    # row) outside the window and the stained components: in the window alone a large cell
+    # or a neighbour's cytoplasm can outnumber them
+    g = 4
+    away = labels[::g, ::g] == 0
+    iy0, iy1 = (by - margin) // g, (by + bh + margin) // g + 1
+    ix0, ix1 = (bx - margin) // g, (bx + bw + margin) // g + 1
+    away[max(iy0, 0):iy1, max(ix0, 0):ix1] = False
+    background = (_opponent(image[::g, ::g][away][:, None, :]).reshape(-1, 3)
+                  if np.count_nonzero(away) >= 200 else np.zeros((0, 3), np.float32))
+    wc = _whole_cell(opp, nucleus_u8, image[wy0:wy1, wx0:wx1], others, background)
     cell_u8 = wc["cell"]
     cnts, _ = cv2.findContours(cell_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cell_contour = max(cnts, key=cv2.contourArea)
@@ -540,7 +550,8 @@ def _drop_lighter_rim(opp: np.ndarray, nuc: np.ndarray) -> np.ndarray:
     return core
 
 
-def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.ndarray) -> dict:
+def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.ndarray,
+                background: np.ndarray) -> dict:
     """Cell (nucleus + cytoplasm) from a per-image colour model of four populations.
 
     ``opp`` is the (lightly blurred) window around the nucleus ``nuc`` (uint8 0/1) in the
@@ -574,8 +585,10 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
     nhalf = nhalf.view(bool)
     ohalf = cv2.resize(others, (hw, hh), interpolation=cv2.INTER_NEAREST).view(bool)
     sub, dsub, osub = half.reshape(-1, 3), dhalf.ravel(), ohalf.ravel()
-    far = sub[(dsub > 0.5 * dsub.max()) & ~osub]
-    near = sub[(dsub > 0) & (dsub <= 0.8 * dsub.max())]
+    far = background.reshape(-1, 3)
+    if len(far) < 200:  # the window is most of the image: its outer part then
+        far = sub[(dsub > 0.5 * dsub.max()) & ~osub]
+    near = sub[(dsub > 0) & (dsub <= 0.8 * dsub.max()) & ~osub]
     # ~400 samples per set are plenty for means and covariances of 3-D colours
     far, near = far[::max(len(far) // 400, 1)], near[::max(len(near) // 400, 1)]
     chrom_px = half[nhalf]
@@ -634,13 +647,12 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
     if len(keep):
         rivals = np.isin(olab, keep)
         dist = cv2.distanceTransform(1 - nuc, cv2.DIST_L2, 3)
-        # a chromatin blob of a fifth of the nucleus within a few px of it is a lobe of
-        # the same (segmented, multi-lobed) cell: a neutrophil, not a lymphocyte
+        # Two or more chromatin blobs, each a fifth to 0.8 of the nucleus, within a few px
+        # of it are lobes of the same segmented nucleus: a neutrophil, not a lymphocyte.
+        # (One blob as large as the nucleus is a neighbouring cell touching this one.)
         near_px = max(4.0, 0.3 * np.sqrt(area_n / np.pi))
-        for j in keep:
-            if (ostats[j, cv2.CC_STAT_AREA] >= 0.2 * area_n
-                    and dist[olab == j].min() <= near_px):
-                lobes = True
+        lobes = sum(0.2 * area_n <= ostats[j, cv2.CC_STAT_AREA] <= 0.8 * area_n
+                    and dist[olab == j].min() <= near_px for j in keep) >= 2
         # the region's pixels go to the nearest nucleus: ours keeps those closer to it
         d_rival = cv2.distanceTransform((~rivals).view(np.uint8), cv2.DIST_L2, 3)
         cell &= (dist <= d_rival).view(np.uint8)

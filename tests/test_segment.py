@@ -1,4 +1,7 @@
-"""cellfeat.segment: accuracy against the synthetic ground truth, statuses, errors."""
+"""cellfeat.segment: nucleus and whole-cell accuracy against true masks (synthetic, hand-drawn
+shapes, expert-drawn real cells), statuses, errors."""
+
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -208,3 +211,164 @@ def test_component_trimmed_by_the_final_opening():
     assert seg.ok
     assert abs(seg.nucleus.sum() - np.pi * 22 ** 2) < 0.05 * np.pi * 22 ** 2
     assert seg.cell.sum() >= seg.nucleus.sum()
+
+
+# ---------------------------------------------------------------- whole cell
+PLASMA, RBC, PALE_CYTO, DEEP_CYTO = (238, 222, 205), (200, 160, 178), (182, 175, 215), (105, 115, 190)
+CHROMATIN, PALE_CHROMATIN = (85, 45, 125), (140, 95, 175)
+
+
+def _smear(seed=0, rbc_centres=((30, 30), (190, 40), (35, 190), (195, 195), (112, 20),
+                                (20, 112), (205, 112), (112, 205))):
+    # cream plasma with red cells around the border, a little noise (as a JPEG would have)
+    rng = np.random.default_rng(seed)
+    img = np.full((224, 224, 3), PLASMA, np.float32)
+    for c in rbc_centres:
+        cv2.circle(img, c, 19, RBC, -1)
+    img += rng.normal(0, 2, img.shape)
+    return img
+
+
+def _u8(img):
+    return np.clip(cv2.GaussianBlur(img, (0, 0), 0.7), 0, 255).astype(np.uint8)
+
+
+def _mask(shape, draw):
+    m = np.zeros(shape, np.uint8)
+    draw(m)
+    return m.astype(bool)
+
+
+def test_pale_cytoplasm_against_cream_plasma():
+    img = _smear()
+    cv2.circle(img, (112, 112), 50, PALE_CYTO, -1)
+    cv2.circle(img, (112, 112), 28, CHROMATIN, -1)
+    seg = segment_nucleus(_u8(img))
+    assert seg.ok
+    truth = _mask((224, 224), lambda m: cv2.circle(m, (112, 112), 50, 1, -1))
+    # the cell is the drawn disc of radius 50 (pi * 50^2 = 7854 px), within the blur
+    assert (seg.cell & truth).sum() / (seg.cell | truth).sum() > 0.93
+    assert (seg.cytoplasm == (seg.cell & ~seg.nucleus)).all()
+    assert seg.cell_contour.shape[1] == 2 and len(seg.cell_contour) > 100
+    assert set(seg.colours) == {"plasma", "red_cells", "cytoplasm", "chromatin"}
+    # the cytoplasm is bluer (lower b*) than the plasma, by construction of the colours
+    assert seg.colours["cytoplasm"][2] < seg.colours["plasma"][2] - 10
+
+
+def test_cytoplasm_wraps_red_cells():
+    # red cells pressed into the cytoplasm stay out of the cell; the cytoplasm between them
+    # stays in
+    img = _smear()
+    cv2.circle(img, (112, 112), 52, PALE_CYTO, -1)
+    cv2.circle(img, (112, 112), 27, CHROMATIN, -1)
+    bites = [(112 + 62, 112), (112 - 44, 112 + 44)]
+    for c in bites:
+        cv2.circle(img, c, 20, RBC, -1)
+    seg = segment_nucleus(_u8(img))
+    assert seg.ok
+    rbc = _mask((224, 224), lambda m: [cv2.circle(m, c, 20, 1, -1) for c in bites])
+    truth = _mask((224, 224), lambda m: cv2.circle(m, (112, 112), 52, 1, -1)) & ~rbc
+    assert (seg.cell & rbc).sum() < 0.05 * rbc.sum()
+    assert (seg.cell & truth).sum() / (seg.cell | truth).sum() > 0.9
+    assert seg.red_cells[rbc].mean() > 0.5 and not (seg.red_cells & seg.cell).any()
+
+
+def test_deep_blue_cytoplasm_is_not_nucleus():
+    # pale chromatin inside deep-blue cytoplasm about as dark on the contrast channel
+    img = _smear()
+    cv2.circle(img, (112, 112), 42, DEEP_CYTO, -1)
+    cv2.circle(img, (112, 112), 30, PALE_CHROMATIN, -1)
+    seg = segment_nucleus(_u8(img))
+    nuc = _mask((224, 224), lambda m: cv2.circle(m, (112, 112), 30, 1, -1))
+    cell = _mask((224, 224), lambda m: cv2.circle(m, (112, 112), 42, 1, -1))
+    assert seg.ok
+    assert (seg.nucleus & nuc).sum() / (seg.nucleus | nuc).sum() > 0.9
+    assert (seg.cell & cell).sum() / (seg.cell | cell).sum() > 0.9
+
+
+def test_touching_neighbour_stays_out():
+    # a second white cell whose cytoplasm touches ours: its nucleus is not part of our cell
+    img = _smear()
+    cv2.circle(img, (150, 112), 38, PALE_CYTO, -1)
+    cv2.circle(img, (100, 112), 38, PALE_CYTO, -1)
+    cv2.circle(img, (100, 112), 24, CHROMATIN, -1)
+    cv2.circle(img, (165, 112), 22, CHROMATIN, -1)
+    seg = segment_nucleus(_u8(img))
+    other = _mask((224, 224), lambda m: cv2.circle(m, (165, 112), 22, 1, -1))
+    assert seg.status in ("ok", "several_candidates")
+    assert not (seg.cell & other).any()
+    assert seg.cell[112, 70]  # our own cytoplasm, on the far side
+
+
+def test_cell_statuses():
+    img = _smear(rbc_centres=())
+    cv2.circle(img, (112, 190), 45, PALE_CYTO, -1)  # the cytoplasm leaves the image
+    cv2.circle(img, (112, 175), 25, CHROMATIN, -1)
+    assert segment_nucleus(_u8(img)).status == "cell_touches_border"
+    img = _smear()
+    cv2.circle(img, (112, 112), 48, PALE_CYTO, -1)  # a nucleus and two lobes 4 px away
+    cv2.circle(img, (100, 112), 22, CHROMATIN, -1)
+    cv2.circle(img, (133, 131), 12, CHROMATIN, -1)
+    cv2.circle(img, (133, 93), 12, CHROMATIN, -1)
+    assert segment_nucleus(_u8(img)).status == "multi_lobed"
+    assert {"multi_lobed", "cell_touches_border"} <= set(STATUSES)
+
+
+def _hard_ious(n_per_kind=15, seed=11):
+    from cellfeat.synthetic import HARD_CASES, hard_case
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for kind in HARD_CASES:
+        for _ in range(n_per_kind):
+            img, nuc, cell = hard_case(rng, kind)
+            seg = segment_nucleus(img)
+            out.append((kind, (seg.nucleus & nuc).sum() / (seg.nucleus | nuc).sum(),
+                        (seg.cell & cell).sum() / (seg.cell | cell).sum()))
+    return out
+
+
+def test_hard_cases_nucleus_and_cell():
+    # targets of issue 12: nucleus 5th percentile >= 0.85 on the synthetic hard cases;
+    # the whole cell at least as good as on real lymphocytes (median >= 0.90)
+    res = _hard_ious()
+    nuc = np.array([r[1] for r in res])
+    cell = np.array([r[2] for r in res])
+    assert np.percentile(nuc, 5) >= 0.85
+    assert np.median(cell) >= 0.9
+    for kind in {r[0] for r in res}:
+        assert np.median([r[2] for r in res if r[0] == kind]) >= 0.88, kind
+
+
+def test_whole_cell_iou_on_synthetic(synthetic_root):
+    c = load_cohort(synthetic_root)
+    ious = []
+    for pid, files in c.images.items():
+        split = c.clinical.loc[pid, "SPLIT"]
+        for f in files[:6]:
+            seg = segment_nucleus(read_image(f))
+            gt = cv2.imread(str(mask_paths(synthetic_root, split, pid, f.name)[1]), 0) > 0
+            ious.append((seg.cell & gt).sum() / max((seg.cell | gt).sum(), 1))
+    assert np.median(ious) >= 0.9 and np.percentile(ious, 10) >= 0.8
+
+
+WBC = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbc-tecom"
+
+
+def test_real_lymphocytes_against_expert_masks():
+    # 53 lymphocytes from another lab drawn by an expert (README of the folder); targets
+    # of issue 12: whole-cell median IoU >= 0.90, nucleus median >= 0.92
+    import pandas as pd
+
+    if not (WBC / "labels.csv").is_file():
+        pytest.skip(f"wbc-tecom not found at {WBC}")
+    labels = pd.read_csv(WBC / "labels.csv", dtype=str)
+    nuc, cell = [], []
+    for name in labels.loc[labels["CELL_TYPE"] == "lymphocyte", "IMAGE"]:
+        img = cv2.imread(str(WBC / "images" / f"{name}.png"))[:, :, ::-1].copy()
+        mask = cv2.imread(str(WBC / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        seg = segment_nucleus(img)
+        nuc.append((seg.nucleus & (mask == 255)).sum() / (seg.nucleus | (mask == 255)).sum())
+        cell.append((seg.cell & (mask > 0)).sum() / (seg.cell | (mask > 0)).sum())
+    assert len(nuc) == 53
+    assert np.median(cell) >= 0.90 and np.median(nuc) >= 0.92

@@ -59,3 +59,42 @@ def test_class_signal_heterogeneity():
             areas = [draw_cell(rng, p)[1].sum() for _ in range(8)]
             spread[label].append(np.std(areas) / np.mean(areas))
     assert np.mean(spread[0]) > np.mean(spread[1])
+
+
+def test_hard_cases_masks_and_determinism():
+    import pytest
+
+    from cellfeat.synthetic import HARD_CASES, hard_case
+
+    for kind in HARD_CASES:
+        a = hard_case(np.random.default_rng(5), kind)
+        b = hard_case(np.random.default_rng(5), kind)
+        assert all((x == y).all() for x, y in zip(a, b))
+        img, nucleus, cell = a
+        assert (nucleus <= cell).all() and nucleus.sum() > 500
+        g = img[:, :, 1].astype(float)
+        inner = cv2.erode(nucleus.astype(np.uint8), np.ones((5, 5))).astype(bool)
+        cyto = cv2.erode((cell & ~nucleus).astype(np.uint8), np.ones((3, 3))).astype(bool)
+        if kind == "deep_blue_pale":
+            # deep-blue cytoplasm as dark in green as pale chromatin, within 40 levels
+            # (colours of draw_cell: G 130 x blue_depth 0.85-1.05 against 95 + texture)
+            assert abs(g[cyto].mean() - g[inner].mean()) < 40
+        if kind == "abundant_pale":
+            # the cytoplasm is at least half a nucleus radius wide: its area at least
+            # (1.5^2 - 1) = 1.25 times the nucleus's, less the elongation's spread
+            assert cell.sum() - nucleus.sum() > nucleus.sum()
+    with pytest.raises(ValueError, match="kind"):
+        hard_case(np.random.default_rng(0), "unknown")
+
+
+def test_wrapping_red_cells_stay_out_of_the_cell():
+    from cellfeat.synthetic import hard_case
+
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        img, nucleus, cell = hard_case(rng, "wrapping")
+        # red cells bite into the cytoplasm: the cell is no longer convex
+        cnts, _ = cv2.findContours(cell.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+        c = max(cnts, key=cv2.contourArea)
+        assert cv2.contourArea(c) < 0.97 * cv2.contourArea(cv2.convexHull(c))
