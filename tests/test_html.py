@@ -223,10 +223,10 @@ def test_gated_mixture_gives_its_expert_split(scored):
         ["image expert", "clinical expert"]
     g = c["gate"]
     mixed = g * c["experts"][0]["proba"] + (1 - g) * c["experts"][1]["proba"]
-    # GatedMixture: p = g·p_image + (1 − g)·p_clinical, before any calibration wrapper
-    inner = model.steps[-1][1]
-    inner = getattr(inner, "estimator_", inner)
-    inner = inner.steps[-1][1] if hasattr(inner, "steps") else inner
+    # GatedMixture: p = g·p_image + (1 − g)·p_clinical, inside any pipeline or calibration
+    inner = model
+    while not hasattr(inner, "gate_coef_"):
+        inner = inner.estimator_ if hasattr(inner, "estimator_") else inner.steps[-1][1]
     assert mixed == pytest.approx(inner.predict_proba(lab.iloc[[0]])[0, 1], abs=1e-9)
 
 
