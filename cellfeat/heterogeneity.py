@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.covariance import ledoit_wolf
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = [
     "pixel_dispersion", "pixel_dispersion_naive", "dispersion_from_sums", "PixelSums",
@@ -223,7 +224,7 @@ class HeterogeneityScores(TransformerMixin, BaseEstimator):
     Input
     -----
     ``X``: a DataFrame with ``bag_col`` and feature columns, one row per usable cell, or a
-    2-D array whose first column is the bag ID. Features are standardised with the
+    2-D numeric array whose first column is the (numeric) bag ID. Features are standardised with the
     median and IQR of the cells seen in ``fit``; cells with any NaN are ignored.
 
     Returns (``transform``)
@@ -236,18 +237,21 @@ class HeterogeneityScores(TransformerMixin, BaseEstimator):
         self.features = features
         self.outlier_threshold = outlier_threshold
 
-    def _frame(self, X):
+    def _frame(self, X, reset: bool) -> pd.DataFrame:
         if isinstance(X, pd.DataFrame):
+            if self.bag_col not in X.columns:
+                raise ValueError(f"cell table has no bag column {self.bag_col!r}")
             return X
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] < 2:
-            raise ValueError("expected a DataFrame or a 2-D array (bag id, features...)")
-        df = pd.DataFrame(X[:, 1:].astype(float), columns=[f"x{i}" for i in range(X.shape[1] - 1)])
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite="allow-nan")
+        if X.shape[1] < 2:
+            raise ValueError(f"a 2-D array needs the bag ID column and at least one feature "
+                             f"column; got {X.shape[1]} feature(s) in all")
+        df = pd.DataFrame(X[:, 1:], columns=[f"x{i}" for i in range(X.shape[1] - 1)])
         df.insert(0, self.bag_col, X[:, 0])
         return df
 
     def fit(self, X, y=None):
-        df = self._frame(X)
+        df = self._frame(X, reset=True)
         cols = self.features or [c for c in df.columns if c != self.bag_col
                                  and pd.api.types.is_numeric_dtype(df[c])]
         vals = df[cols].to_numpy(float)
@@ -261,7 +265,8 @@ class HeterogeneityScores(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> pd.DataFrame:
-        df = self._frame(X)
+        check_is_fitted(self, "features_")
+        df = self._frame(X, reset=False)
         z = (df[self.features_].to_numpy(float) - self.center_) / self.scale_
         ok = np.isfinite(z).all(axis=1)
         bags = pd.unique(df[self.bag_col])
@@ -277,3 +282,8 @@ class HeterogeneityScores(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None):
         return np.asarray(SCORE_NAMES, dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # cells with a NaN or inf feature are left out
+        return tags

@@ -36,7 +36,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .bags import BagAggregator
 from .extract import QC_COLUMN
@@ -232,8 +233,13 @@ class BalancedXGBClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         from xgboost import XGBClassifier
 
-        y = np.asarray(y)
+        # NaN is allowed: XGBoost learns a default direction for missing values
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
         self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:  # scale_pos_weight balances two classes only
+            raise ValueError("Only binary classification is supported (scale_pos_weight "
+                             f"balances two classes); y has {len(self.classes_)} class(es)")
         pos = (y == self.classes_[-1]).sum()
         self.model_ = XGBClassifier(
             n_estimators=self.n_estimators, max_depth=self.max_depth,
@@ -241,19 +247,27 @@ class BalancedXGBClassifier(ClassifierMixin, BaseEstimator):
             colsample_bytree=self.colsample_bytree, random_state=self.random_state,
             scale_pos_weight=(len(y) - pos) / max(pos, 1), n_jobs=1, tree_method="hist",
             eval_metric="logloss")
-        self.model_.fit(np.asarray(X, float), np.searchsorted(self.classes_, y))
-        self.n_features_in_ = np.shape(X)[1]
+        self.model_.fit(X, np.searchsorted(self.classes_, y))
         return self
 
     def predict_proba(self, X):
-        return self.model_.predict_proba(np.asarray(X, float))
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
+        return self.model_.predict_proba(X)
 
     def predict(self, X):
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before fit
+        return self.classes_[proba.argmax(axis=1)]
 
     @property
     def feature_importances_(self):
         return self.model_.feature_importances_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.classifier_tags.multi_class = False
+        return tags
 
 
 class GatedMixture(ClassifierMixin, BaseEstimator):
@@ -299,7 +313,11 @@ class GatedMixture(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         y = np.asarray(y)
+        check_classification_targets(y)
         self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise ValueError("Only binary classification is supported; y has "
+                             f"{len(self.classes_)} class(es)")
         yb = (y == self.classes_[1]).astype(float)
         Zc = ClinicalFeatures().transform(X).to_numpy(float)
         self.gate_center_ = np.nan_to_num(np.nanmedian(Zc, axis=0))
@@ -331,6 +349,7 @@ class GatedMixture(ClassifierMixin, BaseEstimator):
 
     def gate(self, X) -> np.ndarray:
         """Weight of the image expert for each patient, in [0, 1]."""
+        check_is_fitted(self, "gate_coef_")
         G, has = self._gate_inputs(X)
         return np.where(has, 1 / (1 + np.exp(-G @ self.gate_coef_)), 0.0)
 
@@ -343,7 +362,8 @@ class GatedMixture(ClassifierMixin, BaseEstimator):
         return np.column_stack([1 - p, p])
 
     def predict(self, X):
-        return self.classes_[(self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)]
+        p = self.predict_proba(X)[:, 1]  # first: it raises NotFittedError before fit
+        return self.classes_[(p >= self.threshold_).astype(int)]
 
 
 def _logreg(C):
