@@ -59,10 +59,17 @@ ratios in RGB, HSV, LAB and YCrCb and five absolute channel means) were retired:
 of means of an offset or angular encoding (LAB a*, b*, hue) cancels nothing, absolute
 means move with every gain, and RGB mean ratios do not cancel gamma.
 
-Texture is measured on the per-pixel optical density in the green channel (where
-chromatin absorbs most), :math:`D = \ln P_G - \ln(G + 1)`, quantised over each region's
-own range: gains add a constant to :math:`D`, gamma and stain strength scale it, and
-min-max quantisation removes both, so GLCM features are invariant too. Granularity and
+Texture (and the per-pixel heterogeneity, granularity and nucleoli) is measured on the
+per-pixel optical density of the green channel (where chromatin absorbs most) in *linear
+light*, :math:`D = \ln L(P_G) - \ln L(G)` with :math:`L` the sRGB decoding of 8-bit codes:
+the physical Beer-Lambert density, which a stain-strength change scales exactly and a
+linear white-balance gain shifts by a constant (measured on the dev images under the
+shift panel of :mod:`cellfeat.augment`, texture drifted about half as much under stain
+shifts as with :math:`\ln(G + 1)`, while the colour ratios above drifted less on encoded
+values, where a camera's gains and tone curve act). :math:`D` is quantised over each
+region's own 1st-99th percentile range: a constant added to :math:`D` or a scaling of it
+leaves the levels unchanged (percentiles rather than min and max, which a few
+JPEG-ringing pixels move), so GLCM features are invariant too. Granularity and
 nucleoli are read relative to the nucleus's mean :math:`D`.
 
 Changelog of :data:`FEATURES_REVISION`: see :data:`FEATURES_CHANGELOG`.
@@ -102,6 +109,8 @@ __all__ = [
 ]
 
 GLCM_LEVELS = 16
+#: Share of a region's values below and above the GLCM quantisation range (clipped).
+GLCM_RANGE_TAIL = 0.01
 #: GLCM pixel distances of the nucleus: 1 for fine grain, 4 for clumps (chromatin at two
 #: scales); the cytoplasm uses 1 only.
 GLCM_DISTANCES = (1, 4)
@@ -124,8 +133,9 @@ FEATURES_CHANGELOG = {
        "Correlation}_D4, Nucleus_Texture_ClumpingIndex, Cytoplasm_Texture_Granularity, "
        "Cytoplasm_Texture_GranuleFraction, Nucleus_Texture_NucleolusCount, "
        "Nucleus_Texture_NucleolusAreaFraction. Changed: GLCM and granularity are computed "
-       "on the green-channel optical density instead of 255 - L*; granularity is relative "
-       "to the nucleus's mean density.",
+       "on the green-channel optical density instead of 255 - L*, GLCM levels span the "
+       "region's 1-99 % range instead of min-max; granularity is relative to the "
+       "nucleus's mean density.",
     5: "Previous feature set (nucleus shape, Tavakoli colour ratios, channel means, GLCM).",
 }
 MIN_REGION_PIXELS = 5
@@ -137,6 +147,19 @@ REFERENCE_STEP = 8
 RBC_MIN_OD_SHARE = 0.1
 
 _LN = np.log1p(np.arange(256, dtype=np.float64)).astype(np.float32)
+
+
+def _srgb_linear_ln() -> np.ndarray:
+    # ln of the linear light of each 8-bit sRGB code (IEC 61966-2-1 decoding), floored at
+    # half the light of code 1 so that black has a finite logarithm
+    v = np.arange(256) / 255.0
+    lin = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    return np.log(np.maximum(lin, 0.5 / 255 / 12.92)).astype(np.float32)
+
+
+#: ln of linear light per 8-bit code: the density D of texture features is a physical
+#: (Beer-Lambert) optical density, which a stain-strength change scales exactly.
+_LN_LIN = _srgb_linear_ln()
 _ELLIPSE3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 _ELLIPSE5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 _ELLIPSE9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
@@ -331,9 +354,10 @@ def density_ratio(od_region: np.ndarray, od_reference: np.ndarray) -> float:
 
 def od_heterogeneity(density_mean: float, density_std: float) -> float:
     """Coefficient of variation σ(D)/μ(D) of the per-pixel green-channel optical density D
-    over a region, ≥ 0, unitless.
+    (linear light, module docstring) over a region, ≥ 0, unitless.
 
-    Gains leave per-pixel OD unchanged and gamma scales it, so the ratio is invariant.
+    Gains leave per-pixel OD unchanged and stain strength scales it, so the ratio is
+    invariant.
     0 for a flat colour; mottled chromatin or granular cytoplasm reads higher. NaN when
     the region is as light as the plasma (μ ≤ 0).
     """
@@ -355,8 +379,8 @@ _IJ: dict = {}
 def glcm_contrast(p: np.ndarray) -> float:
     """Haralick contrast Σ_ij p(i,j)(i−j)² of a normalised GLCM; 0 for a flat region.
 
-    Levels are the region's green-channel optical density quantised to 16 levels over its own
-    range; so contrast ranges over [0, 225].
+    Levels are the region's green-channel optical density quantised to 16 levels over its
+    own 1-99 % range; so contrast ranges over [0, 225].
     """
     i, j = _ij(p.shape)
     return float((p * (i - j) ** 2).sum())
@@ -737,14 +761,14 @@ class CellMeasurements:
 
     @cached_property
     def density(self) -> np.ndarray:
-        """Per-pixel optical density of the green channel, D = ln P_G − ln(G + 1), float32.
+        """Per-pixel optical density of the green channel in linear light,
+        D = ln L(P_G) − ln L(G), float32, with L the sRGB decoding of 8-bit codes.
 
-        Where the plasma reference is missing, ln 256 stands in for ln P_G: texture and
-        the relative measures read D only up to an additive constant and a scale."""
+        Where the plasma reference is missing, code 255 stands in for P_G: texture and the
+        relative measures read D only up to an additive constant and a scale."""
         p = self.references.plasma[1]
-        if not np.isfinite(p):
-            p = _LN[255]
-        return np.float32(p) - _LN[self.rgb[:, :, 1]]
+        code = int(round(np.expm1(p))) if np.isfinite(p) else 255
+        return _LN_LIN[code] - _LN_LIN[self.rgb[:, :, 1]]
 
     def density_stats(self, region: str) -> tuple[float, float]:
         """Mean and standard deviation of D over a region."""
@@ -790,7 +814,7 @@ class CellMeasurements:
     def glcm(self, region: str, distance: int = 1) -> np.ndarray | None:
         """Normalised, symmetric GLCM (four angles averaged) at a pixel distance of the
         density image inside a region, quantised to :data:`GLCM_LEVELS` levels over the
-        region's own range; None when the region has too few pixels."""
+        region's own 1-99 % range; None when the region has too few pixels."""
         cache = self.__dict__.setdefault("_glcm", {})
         if region not in cache:
             cache[region] = _masked_glcm(self.density, getattr(self, region),
@@ -811,9 +835,14 @@ def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | N
     x, y, w, h = cv2.boundingRect(mask_u8)
     gray = np.ascontiguousarray(gray[y:y + h, x:x + w], dtype=np.float32)
     mask_u8 = np.ascontiguousarray(mask_u8[y:y + h, x:x + w])
-    lo, hi, _, _ = cv2.minMaxLoc(gray, mask_u8)
+    # the range is the 1st to 99th percentile (order statistics, so an increasing affine
+    # map of the values leaves the levels unchanged), robust to a few JPEG-ringing pixels
+    vals = gray[mask_u8 > 0]
+    k = int(GLCM_RANGE_TAIL * (len(vals) - 1))
+    part = np.partition(vals, (k, len(vals) - 1 - k))
+    lo, hi = float(part[k]), float(part[len(vals) - 1 - k])
     scale = (GLCM_LEVELS - 1e-3) / (hi - lo) if hi > lo else 0.0
-    q = np.clip(1 + (gray - np.float32(lo)) * np.float32(scale), 0, GLCM_LEVELS)
+    q = np.clip(1 + (gray - np.float32(lo)) * np.float32(scale), 1, GLCM_LEVELS)
     q = q.astype(np.uint8) * mask_u8
     p = graycomatrix(q, list(distances), [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
                      levels=GLCM_LEVELS + 1, symmetric=True)[1:, 1:, :, :].sum(axis=-1)

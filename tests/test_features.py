@@ -30,6 +30,12 @@ CYTO = (160, 165, 185)
 LN = lambda v: np.log1p(np.asarray(v, float))  # noqa: E731  ln(I + 1), as in the module
 
 
+def srgb_linear(code):
+    """sRGB decoding (IEC 61966-2-1) of 8-bit codes: the light that texture densities use."""
+    v = np.asarray(code, float) / 255
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
 def make_seg(nucleus: np.ndarray, cell: np.ndarray) -> Segmentation:
     """A Segmentation from true masks (nucleus ⊂ cell), as the segmenter would return it."""
     nuc_u8 = nucleus.astype(np.uint8)
@@ -300,7 +306,7 @@ def test_granularity_and_granules_by_hand():
     # a dot's white top-hat is its own density above the flat surround; here D_N - D_C is
     # far above 0.25 x the nucleus's mean density, so exactly the 5 dots count
     assert f["Cytoplasm_Texture_GranuleFraction"] == pytest.approx(5 / cyto_area, rel=1e-6)
-    d = lambda g: LN(PLASMA[1]) - LN(g)  # noqa: E731  green-channel OD
+    d = lambda g: np.log(srgb_linear(PLASMA[1]) / srgb_linear(g))  # noqa: E731  green OD
     n_area = nucleus.sum()
     mean_dn = (d(40) * (n_area - 4) + d(20) * 4) / n_area
     expected = 4 * (d(20) - d(40)) / n_area / mean_dn
