@@ -115,8 +115,12 @@ GLCM_RANGE_TAIL = 0.01
 #: scales); the cytoplasm uses 1 only.
 GLCM_DISTANCES = (1, 4)
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 6
+FEATURES_REVISION = 7
 FEATURES_CHANGELOG = {
+    7: "Texture, heterogeneity, granularity and nucleoli read the green-channel optical "
+       "density in linear light (sRGB-decoded) instead of ln(G + 1); GLCM levels span the "
+       "region's 1-99 % range instead of min-max. Same names as 6 (6 was committed earlier "
+       "in the same session; caches of it are recomputed).",
     6: "Colour normalised by construction (issue 14) and whole-cell features (issue 12). "
        "Segmentation changed (cellfeat.segment: per-image colour model, whole-cell mask). "
        "Retired: the 48 Tavakoli colour ratios {Nucleus,ROC}_Colour_{RGB,HSV,LAB,YCrCb}_*_"
