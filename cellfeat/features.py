@@ -590,7 +590,7 @@ def find_references(image: np.ndarray, seg: Segmentation, nucleus_centre: np.nda
         ln(I + 1) of the nucleus's per-channel lower median.
     """
     sub = image[::step, ::step]
-    excl = np.ascontiguousarray((seg.cell | seg.hull)[::step, ::step]).view(np.uint8)
+    excl = np.ascontiguousarray(seg.cell[::step, ::step] | seg.hull[::step, ::step]).view(np.uint8)
     excl = cv2.dilate(excl, _ELLIPSE3)
     px = sub[excl == 0]
     ln = _LN[px]
@@ -733,18 +733,15 @@ class CellMeasurements:
     @cached_property
     def red_in_deficiency(self) -> float:
         """Red-cell pixels in the cell's convex hull but outside the cell."""
+        if not np.isfinite(self.references.red_cells).all():
+            return np.nan
         deficiency = self.cell_hull[1] & ~self.cell
-        if not deficiency.any() or not np.isfinite(self.references.red_cells).all():
-            return 0.0 if np.isfinite(self.references.red_cells).all() else np.nan
-        labels = self.references.classify(self.ln[deficiency])
+        if not deficiency.any():
+            return 0.0
+        labels = self.references.classify(_LN[self.rgb[deficiency]])
         return float(np.count_nonzero(labels == 1))
 
     # ---- colour
-    @cached_property
-    def ln(self) -> np.ndarray:
-        """ln(I + 1) of the crop, float32 (H, W, 3)."""
-        return _LN[self.rgb]
-
     @cached_property
     def references(self) -> References:
         return find_references(self._image, self._seg, self.region_ln_median("nucleus"))
