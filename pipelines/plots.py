@@ -112,5 +112,6 @@ def patient_montages(cohort, frame, explainer, pred, out_dir, *, method="otsu", 
             titles.append(f"{f.name}  score {scores[j]:+.2f}")
         call = "no call" if pd.isna(row["LABEL"]) else ("tumoral" if row["LABEL"] == 1 else "reactive")
         montage(tiles, titles, out_dir / f"{pid}.png", cols=4, suptitle=(
-            f"{pid}: {call} (P(tumoral) = {row['PROBA']:.2f}; {row['STATUS']}); "
+            f"{pid}: {call} (P(tumoral) = {row['PROBA']:.2f}, tumoral if >= {row.get('THRESHOLD', float('nan')):.2f}; "
+            f"triage: {row.get('TRIAGE', '') or 'n/a'}; {row['STATUS']}); "
             f"cells ranked by MI-SVM score"))

@@ -1,4 +1,11 @@
-"""The training report: metrics.json, README.md and the figures it links."""
+"""The training report: metrics.json, README.md and the figures it links.
+
+The first screen (:func:`first_screen`, also what ``cellfeat train`` prints) gives, in this
+order: the nested-CV estimate of the whole selection rule with its CI, the paired gain of
+that rule over the clinical baseline, the triage operating point, and which model the rule
+picked on all patients. Everything below reads each candidate against the clinical
+baseline on the same patients and folds.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +18,49 @@ import pandas as pd
 from .io import write_text
 from .stability import report_lines as stability_report_lines
 
+#: The selection rule in words (``{inner}``: inner folds); fixed before any result is seen.
+RULE = ("each candidate is fitted with the same {inner} inner folds of the training patients; "
+        "its inner out-of-fold P(tumoral) is Platt-calibrated and called at the prevalence "
+        "threshold; the best inner balanced accuracy wins, ties going to the simpler "
+        "candidate (complexity order of cellfeat.models.CANDIDATES)")
+
+
 def group_of(name: str) -> str:
     """Which inputs a candidate uses: clinical only, image only, or both."""
     if name.startswith("clinical-"):
         return "clinical only"
-    if name.startswith("bags-") or name == "cnn":
+    if name.startswith(("bags-", "meanstd-")) or name == "cnn":
         return "image only"
     return "clinical + image"
+
+
+def _pct(x):
+    return f"{100 * x:.0f} %"
+
+
+def first_screen(meta: dict) -> list[str]:
+    """The lines a reader sees first, from the numbers in ``metrics.json``/the bundle."""
+    n, g, t, d = meta["nested"], meta["images_vs_clinical"], meta["triage"], meta["decision"]
+    sel = meta["selection"]
+    return [
+        f"nested-CV balanced accuracy of the whole procedure (selection included): "
+        f"{n['balanced_accuracy']:.3f} (95% CI {n['balanced_accuracy_ci_low']:.3f}-"
+        f"{n['balanced_accuracy_ci_high']:.3f}; ROC AUC {n['roc_auc']:.3f}; Brier "
+        f"{n['brier']:.3f}) on {meta['n_patients']} patients, {meta['repeats']}x"
+        f"{meta['folds']}-fold",
+        f"gain over the clinical baseline (clinical-logreg, same folds): balanced accuracy "
+        f"{g['delta']:+.3f} (95% CI {g['ci95'][0]:+.3f} to {g['ci95'][1]:+.3f}), ROC AUC "
+        f"{g['auc_delta']:+.3f} (95% CI {g['auc_ci95'][0]:+.3f} to {g['auc_ci95'][1]:+.3f})",
+        f"triage at target sensitivity {_pct(t['target_sensitivity'])} (threshold chosen "
+        f"inside each training fold): {_pct(t['specificity'])} of reactive patients spared "
+        f"cytometry (95% CI {_pct(t['specificity_ci95'][0])}-{_pct(t['specificity_ci95'][1])}) "
+        f"while {_pct(t['sensitivity'])} of leukaemias are sent to it (95% CI "
+        f"{_pct(t['sensitivity_ci95'][0])}-{_pct(t['sensitivity_ci95'][1])})",
+        f"saved model: {sel['chosen']}, picked by the same rule on all {meta['n_patients']} "
+        f"patients (inner balanced accuracy {sel['inner_balanced_accuracy'][sel['chosen']]:.3f}); "
+        f"calls: LABEL = tumoral when PROBA >= {d['threshold']:.3f}; TRIAGE = cytometry when "
+        f"PROBA >= {d['triage_threshold']:.3f}",
+    ]
 
 
 def _plt():
@@ -64,18 +107,41 @@ def _confusion(res, name, path):
     plt.close(fig)
 
 
-def _calibration(res, name, path):
+def _calibration(res, names, path):
+    from cellfeat.evaluation import reliability
+
     plt = _plt()
-    p = np.nanmean(res.proba[name], axis=0)
-    bins = np.linspace(0, 1, 6)
-    idx = np.clip(np.digitize(p, bins) - 1, 0, 4)
-    xs = [p[idx == b].mean() for b in range(5) if (idx == b).any()]
-    ys = [res.y[idx == b].mean() for b in range(5) if (idx == b).any()]
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.plot(xs, ys, "o-")
-    ax.set(xlabel="predicted P(tumoral)", ylabel="observed share tumoral",
-           title=f"calibration: {name}")
+    for name in names:
+        brier = np.mean([np.mean((q - res.y) ** 2) for q in res.proba[name]])
+        t = reliability(np.tile(res.y, len(res.proba[name])), res.proba[name].ravel())
+        ax.plot(t["predicted"], t["observed"], "o-", lw=2 if name == "nested" else 1,
+                label=f"{name} (Brier {brier:.3f})")
+    ax.set(xlabel="predicted P(tumoral), out of fold", ylabel="observed share tumoral",
+           title="reliability (5 bins, all repeats)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _triage_plot(res, meta, path):
+    from cellfeat.evaluation import triage_curve
+
+    plt = _plt()
+    t = meta["triage"]
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for name, style in (("nested", "-"), ("clinical-logreg", "--")):
+        c = triage_curve(np.tile(res.y, len(res.proba[name])), res.proba[name].ravel())
+        ax.plot(c["reactive_spared"], c["sensitivity"], style, label=name)
+    ax.plot(t["specificity"], t["sensitivity"], "o", ms=8, color="tab:red",
+            label=f"operating point (target {_pct(t['target_sensitivity'])})")
+    ax.axhline(t["target_sensitivity"], color="tab:red", lw=0.6, ls=":")
+    ax.set(xlabel="share of reactive patients spared cytometry",
+           ylabel="share of leukaemias sent to cytometry", xlim=(0, 1), ylim=(0, 1.02),
+           title="triage, out of fold")
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -83,11 +149,15 @@ def _calibration(res, name, path):
 
 def feature_importances(pipeline) -> pd.Series:
     """Importances of the fitted pipeline's final model, with registry names."""
+    pipeline = getattr(pipeline, "estimator_", pipeline)  # CalibratedDecision
+    last = pipeline[-1]
+    if hasattr(last, "features_") and hasattr(last, "coef_"):  # ClinicalLogReg
+        return pd.Series(np.abs(np.ravel(last.coef_)), index=last.features_
+                         ).sort_values(ascending=False)
     feats = pipeline[:-1]
     model = pipeline[-1]
-    model = getattr(model, "estimator_", model)  # TunedThresholdClassifierCV
     try:
-        names = [n.split("__", 1)[-1] for n in feats.get_feature_names_out()]
+        names = [n.split("__")[-1] for n in feats.get_feature_names_out()]
     except Exception:
         return pd.Series(dtype=float)
     last = model[-1] if hasattr(model, "steps") else model
@@ -161,11 +231,13 @@ def heterogeneity_auc(X, y, *, folds=5, repeats=5, seed=0) -> pd.DataFrame:
 
 
 def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta) -> Path:
+    """metrics.json (the numbers of ``meta`` plus every candidate's row) and README.md."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _roc(res, out / "roc.png")
-    _confusion(res, chosen, out / "confusion.png")
-    _calibration(res, chosen, out / "calibration.png")
+    _confusion(res, "nested", out / "confusion.png")
+    _calibration(res, ["nested", "clinical-logreg"], out / "calibration.png")
+    _triage_plot(res, meta, out / "triage.png")
     _groups_plot(summary, out / "image_vs_clinical.png")
     imp = feature_importances(final)
     if len(imp):
@@ -174,30 +246,73 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
     res.fold_scores.to_csv(out / "fold_scores.csv", index=False)
     het = heterogeneity_auc(X, y, folds=meta["folds"], repeats=meta["repeats"], seed=meta["seed"])
     het.to_csv(out / "heterogeneity_auc.csv")
-    chosen_counts = pd.Series(res.chosen).value_counts().to_dict()
-    metrics = {"chosen": chosen, "candidates": summary.to_dict(orient="index"),
-               "nested_choices": chosen_counts, "n_patients": int(len(y)),
-               "n_tumoral": int(np.sum(y == 1)), "folds": meta["folds"],
-               "repeats": meta["repeats"], "versions": meta["versions"]}
+    paired = {n: res.versus(n, "clinical-logreg") for n in summary.index
+              if n not in ("clinical-logreg",)}
+    keys = ("n_patients", "n_tumoral", "folds", "repeats", "inner_folds", "seed", "versions",
+            "selection", "nested", "images_vs_clinical", "triage", "decision")
+    metrics = {"chosen": chosen, **{k: meta[k] for k in keys},
+               "candidates": summary.to_dict(orient="index"),
+               "versus_clinical": paired,
+               "nested_choices": meta["selection"]["nested_choices"]}
     write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float))
-    table = summary.copy()
-    fmt = lambda r: (f"| {r.name} | {r.balanced_accuracy:.3f} ± {r.balanced_accuracy_std:.3f} | "
-                     f"{r.balanced_accuracy_ci_low:.3f}–{r.balanced_accuracy_ci_high:.3f} | "
-                     f"{r.roc_auc:.3f} | {r.sensitivity:.3f} | {r.specificity:.3f} |")
+
+    sel, t = meta["selection"], meta["triage"]
+
+    def row(name, r):
+        d = paired.get(name)
+        gain = (f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" if d
+                else "baseline")
+        role = ("rule" if name == "nested" else "candidate" if name in sel["candidates"]
+                else "figures only")
+        return (f"| {name} | {role} | {r.balanced_accuracy:.3f} ± {r.balanced_accuracy_std:.3f} | "
+                f"{r.balanced_accuracy_ci_low:.3f}–{r.balanced_accuracy_ci_high:.3f} | {gain} | "
+                f"{r.roc_auc:.3f} | {r.brier:.3f} | {r.sensitivity:.3f} | {r.specificity:.3f} | "
+                f"{r.triage_sensitivity:.2f} / {r.triage_reactive_spared:.2f} |")
+
+    order = ["nested", "clinical-logreg"] + [n for n in summary.index
+                                             if n not in ("nested", "clinical-logreg")]
     lines = [
         "# cellfeat training report", "",
+        *[f"- {x}" for x in first_screen(meta)], "",
+        "## How the model was chosen", "",
+        f"Rule, fixed before any outer-fold result was seen: {sel['rule']}. Candidates the rule "
+        f"chooses from, simplest first: {', '.join(f'`{n}`' for n in sel['candidates'])}"
+        + (f"; fitted for their own figures only (fallbacks, baseline): "
+           f"{', '.join(f'`{n}`' for n in sel['figures_only'])}" if sel["figures_only"] else "")
+        + ".", "",
+        f"The first figure above is the nested-CV estimate of this rule: in each of the "
+        f"{meta['repeats']}×{meta['folds']} outer folds the rule ran on the training patients "
+        f"only (choices: {sel['nested_choices']}) and was scored on the held-out ones. The "
+        f"saved model is what the same rule picked on all {meta['n_patients']} patients: "
+        f"**`{chosen}`** (inner balanced accuracy per candidate: "
+        + ", ".join(f"`{n}` {v:.3f}" for n, v in sel["inner_balanced_accuracy"].items()) + ").",
+        "",
+        "## Every model against the clinical baseline", "",
         f"{len(y)} labelled patients ({int(np.sum(y == 1))} tumoral, {int(np.sum(y == 0))} "
-        f"reactive); {meta['repeats']}×{meta['folds']}-fold stratified CV at patient level, "
-        f"every pipeline fitted inside each fold. `nested` is the nested-CV estimate of the "
-        f"whole procedure (candidate chosen by 3-fold inner CV in each outer fold; choices: "
-        f"{chosen_counts}). Spread: ± is the standard deviation over repeats; the 95 % CI "
-        f"bootstraps patients.", "",
-        f"**Chosen: `{chosen}`** (refitted on all {len(y)} patients).", "",
-        "| candidate | balanced accuracy (mean ± sd) | 95 % CI | ROC AUC | sensitivity | specificity |",
-        "|---|---|---|---|---|---|",
-        *[fmt(r) for _, r in table.iterrows()], "",
+        f"reactive). Same outer folds for every row; each row's probabilities are calibrated "
+        f"and thresholded on its own inner folds. ± is the sd over repeats; CIs bootstrap "
+        f"patients; *gain* is the paired balanced-accuracy difference to `clinical-logreg` "
+        f"(95 % CI). When two CIs overlap, prefer the simpler model.", "",
+        "| model | role | balanced accuracy | 95 % CI | gain vs clinical | ROC AUC | Brier | "
+        "sensitivity | specificity | triage sens. / reactive spared |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[row(n, summary.loc[n]) for n in order], "",
         "![image vs clinical](image_vs_clinical.png)", "",
-        "![ROC](roc.png) ![confusion](confusion.png) ![calibration](calibration.png)", "",
+        "## Calibrated probability, decision and triage", "",
+        f"`PROBA` is a Platt-calibrated P(tumoral), fitted on inner out-of-fold predictions of "
+        f"the training patients. `LABEL` is tumoral when `PROBA` ≥ `THRESHOLD` = "
+        f"{meta['decision']['threshold']:.3f}, the prevalence of tumoral patients in training "
+        f"(the balanced-accuracy threshold for a calibrated probability). `TRIAGE` is "
+        f"`cytometry` when `PROBA` ≥ {meta['decision']['triage_threshold']:.3f}, the highest "
+        f"threshold that sent at least {_pct(t['target_sensitivity'])} of tumoral training "
+        f"patients to cytometry out of fold (`cellfeat train --target-sensitivity`).", "",
+        f"Out of fold, with the triage threshold chosen inside each training fold (median "
+        f"{t['fold_thresholds_median']:.3f}, range {t['fold_thresholds_range'][0]:.3f}–"
+        f"{t['fold_thresholds_range'][1]:.3f}): **{_pct(t['specificity'])} of reactive "
+        f"patients spared cytometry while {_pct(t['sensitivity'])} of leukaemias are sent to "
+        f"it.**", "",
+        "![triage](triage.png) ![calibration](calibration.png)", "",
+        "![ROC](roc.png) ![confusion](confusion.png)", "",
     ]
     lines += ["## Do heterogeneity scores separate the classes?", "",
               "Univariate ROC AUC for *reactive* (heterogeneous populations) on out-of-fold "

@@ -97,32 +97,39 @@ def _cohort_frame(cohort: Cohort, feat_dir: Path) -> pd.DataFrame:
 
 
 def stage_train(args):
+    from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
-    from cellfeat.evaluation import evaluate_candidates
-    from cellfeat.mil import MISVM
     from cellfeat.cnn import torch_available
-    from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, MILFeatures, available_candidates,
-                                 make_pipeline)
+    from cellfeat.evaluation import nested_cv
+    from cellfeat.mil import MISVM
+    from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, DEFAULT_CANDIDATES,
+                                 REFERENCE_CANDIDATES, MILFeatures, ModelChoice,
+                                 available_candidates, cv_depth, make_pipeline)
 
     from .bundle import save_bundle
     from .html import reference_distributions, write_train_report
-    from .report import write_report
+    from .report import RULE, first_screen, write_report
     from .stability import stage_hook as colour_stability
 
     cohort = _load(args)
     feat_dir = _features(args, cohort)
     frame = _cohort_frame(cohort, feat_dir)
     lab = frame[frame["LABEL"].notna()]
-    if lab["LABEL"].nunique() < 2 or lab["LABEL"].value_counts().min() < args.folds:
-        raise StageError(f"{args.data}: need at least {args.folds} labelled patients of each "
-                         f"class for {args.folds}-fold CV; found {lab['LABEL'].value_counts().to_dict()}")
+    if lab["LABEL"].nunique() < 2:
+        raise StageError(f"{args.data}: need labelled patients of both classes; found "
+                         f"{lab['LABEL'].value_counts().to_dict()}")
     y = lab["LABEL"].astype(int).to_numpy()
+    target = getattr(args, "target_sensitivity", 0.95)
+    if not 0 < target <= 1:
+        raise StageError(f"--target-sensitivity must be in (0, 1], got {target}")
     available = available_candidates()
     if args.candidates:
         names = list(args.candidates)
     else:
-        names = [n for n in available if n not in CNN_CANDIDATES or getattr(args, "cnn", False)]
+        names = list(DEFAULT_CANDIDATES)
+        if getattr(args, "cnn", False):
+            names += [n for n in CNN_CANDIDATES if n in available]
         if not torch_available():
             _log("  CNN candidates skipped: torch is not installed (pip install 'cellfeat[cnn]')")
         elif not getattr(args, "cnn", False):
@@ -133,33 +140,62 @@ def stage_train(args):
     missing = [n for n in names if n not in available]
     if missing:
         raise StageError(f"candidate(s) {missing} need torch: pip install 'cellfeat[cnn]'")
-    candidates = {n: make_pipeline(n) for n in names}
-    n_tasks = args.folds * args.repeats * len(names)
-    _log(f"train: {len(names)} candidates x {args.repeats}x{args.folds}-fold CV "
-         f"(+ {3}-fold inner CV for nested model choice) on {len(y)} patients")
-    t0 = time.perf_counter()
-    bar = tqdm(total=n_tasks, desc="cv fits", unit="fit", disable=args.quiet)
-    res = evaluate_candidates(candidates, lab, y, folds=args.folds, repeats=args.repeats,
-                              seed=args.seed, n_jobs=args.jobs, callback=bar.update)
-    bar.close()
-    summary = res.summary()
-    chosen = summary.drop(index="nested").sort_values("balanced_accuracy", ascending=False).index[0]
-    _log(f"  cross-validation took {time.perf_counter() - t0:.0f} s; chosen: {chosen}")
+    # the baseline and the fallbacks always get figures on the same folds; complexity order
+    # (CANDIDATES order) is the tie-break, whatever order the command line gave
+    fitted = set(names) | {"clinical-logreg", *REFERENCE_CANDIDATES}
+    order = [n for n in CANDIDATES if n in fitted]
+    candidates = [(n, make_pipeline(n, calibrated=False)) for n in order]
+    inner = 3
+    try:
+        from cellfeat.evaluation import check_cohort_size
 
-    final = make_pipeline(chosen).fit(lab, y)
-    fallbacks = {}
-    if "clinical-logreg" != chosen:
-        fallbacks["clinical"] = make_pipeline("clinical-logreg").fit(lab, y)
-    if not chosen.startswith("bags-"):
-        fallbacks["image"] = make_pipeline("bags-logreg").fit(lab, y)
-    explainer = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
+        check_cohort_size(y, (args.folds, inner, *cv_depth(order)))
+    except ValueError as exc:
+        raise StageError(f"{args.data}: {exc}") from None
+    _log(f"train: rule = {RULE.format(inner=inner)}")
+    _log(f"  candidates (simplest first): {', '.join(n for n in order if n in names)}; "
+         f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
+    _log(f"  nested CV: {args.repeats}x{args.folds}-fold outer CV of the whole rule on "
+         f"{len(y)} patients")
+    t0 = time.perf_counter()
+    bar = tqdm(total=args.folds * args.repeats, desc="outer folds", unit="fold",
+               disable=args.quiet)
+    with threadpool_limits(1):  # BLAS threads fight joblib's workers on small problems
+        res = nested_cv(candidates, lab, y, eligible=names, folds=args.folds,
+                        repeats=args.repeats, inner_folds=inner, seed=args.seed,
+                        target_sensitivity=target, n_jobs=args.jobs, callback=bar.update)
+        bar.close()
+        _log(f"  nested CV took {time.perf_counter() - t0:.0f} s; fitting the rule on all "
+             f"{len(y)} patients ...")
+        rule = ModelChoice(candidates, eligible=names, cv=inner, random_state=args.seed,
+                           target_sensitivity=target).fit(lab, y)
+        explainer = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
+    summary = res.summary()
+    chosen, final = rule.chosen_, rule.model_
+    gain = res.versus("nested", "clinical-logreg")
+    gain_auc = {k: gain[k] for k in ("auc_delta", "auc_ci95")}
+    fallbacks = {"clinical": rule.models_["clinical-logreg"],
+                 "image": rule.models_[REFERENCE_CANDIDATES[0]]}
     meta = {
         "chosen": chosen, "cell_features": list(FEATURE_NAMES),
         "feature_settings": json.loads((feat_dir / "settings.json").read_text()),
         "reference_date": cohort.reference_date, "cv": summary.reset_index(names="candidate")
         .to_dict(orient="records"), "folds": args.folds, "repeats": args.repeats,
-        "seed": args.seed, "n_patients": int(len(y)), "trained": datetime.now().isoformat(
-            timespec="seconds"), "versions": _versions(),
+        "inner_folds": inner, "seed": args.seed, "n_patients": int(len(y)),
+        "n_tumoral": int(y.sum()), "trained": datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "selection": {"rule": RULE.format(inner=inner), "candidates": [n for n in order if n in names],
+                      "complexity_order": order, "figures_only": [n for n in order if n not in names],
+                      "inner_balanced_accuracy": rule.inner_scores_, "chosen": chosen,
+                      "nested_choices": pd.Series(res.chosen).value_counts().to_dict()},
+        "nested": {k: float(summary.loc["nested", k]) for k in summary.columns},
+        "images_vs_clinical": {k: gain[k] for k in ("delta", "ci95", "p_not_better")} | gain_auc,
+        "triage": {**res.triage_summary("nested"), "threshold": final.triage_threshold_},
+        "decision": {"threshold": final.threshold_, "triage_threshold": final.triage_threshold_,
+                     "target_sensitivity": target, "platt": list(final.platt_),
+                     "fallback_thresholds": {k: {"threshold": m.threshold_,
+                                                 "triage_threshold": m.triage_threshold_}
+                                             for k, m in fallbacks.items()}},
     }
     model_bundle = {"main": final, "explainer": explainer, **fallbacks}
     meta["reference"] = reference_distributions(lab, y)  # for the HTML report
@@ -173,13 +209,8 @@ def stage_train(args):
         if latest.is_symlink() or latest.exists():
             latest.unlink()
         latest.symlink_to(report_dir.resolve())
-    row = summary.loc[chosen]
-    nested = summary.loc["nested"]
     _log(f"  model: {args.model}   report: {report_dir}/README.md")
-    print(f"chosen {chosen}: balanced accuracy {row['balanced_accuracy']:.3f} "
-          f"(sd {row['balanced_accuracy_std']:.3f}, 95% CI {row['balanced_accuracy_ci_low']:.3f}-"
-          f"{row['balanced_accuracy_ci_high']:.3f}); nested CV {nested['balanced_accuracy']:.3f} "
-          f"(95% CI {nested['balanced_accuracy_ci_low']:.3f}-{nested['balanced_accuracy_ci_high']:.3f})")
+    print("\n".join(first_screen(meta)))
     return 0
 
 
@@ -194,13 +225,19 @@ def _versions() -> dict:
 
 
 def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
-    """Predictions with a STATUS per patient, using fallbacks where inputs are missing."""
+    """Predictions with a STATUS per patient, using fallbacks where inputs are missing.
+
+    ``PROBA`` is the calibrated P(tumoral) of the model named in ``MODEL``; ``LABEL`` is 1
+    (tumoral) when ``PROBA >= THRESHOLD``, that model's decision threshold; ``TRIAGE`` is
+    ``cytometry`` when ``PROBA`` reaches its triage threshold, else ``none``. A row
+    without a call has all four empty."""
     clinical_cols = {"AGE": "AGE", "LYMPH_COUNT": "LYMPH_COUNT", "GENDER": "GENDER"}
     n_cells = frame["CELLS"].map(len)
     n_used = frame["CELLS"].map(lambda c: int((c[QC_COLUMN] == "ok").sum()) if len(c) else 0)
     missing = frame[list(clinical_cols)].isna()
     out = pd.DataFrame({"ID": frame.index, "LABEL": pd.array([pd.NA] * len(frame), "Int64"),
-                        "PROBA": np.nan, "N_CELLS": n_cells.to_numpy(),
+                        "PROBA": np.nan, "THRESHOLD": np.nan, "TRIAGE": "",
+                        "N_CELLS": n_cells.to_numpy(),
                         "N_CELLS_USED": n_used.to_numpy(), "STATUS": "", "MODEL": ""})
     out.index = frame.index
     has_img = n_used > 0
@@ -214,10 +251,13 @@ def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
         if not len(idx):
             continue
         model = models.get(key) or models["main"]
+        # one calibrated probability, two explicit thresholds stored in the bundle: the
+        # call and the triage are read off PROBA, so LABEL == (PROBA >= THRESHOLD) always
         proba = model.predict_proba(frame.loc[idx])[:, 1]
-        pred = model.predict(frame.loc[idx])
         out.loc[idx, "PROBA"] = proba
-        out.loc[idx, "LABEL"] = pd.array(pred.astype(int), "Int64")
+        out.loc[idx, "THRESHOLD"] = model.threshold_
+        out.loc[idx, "LABEL"] = pd.array((proba >= model.threshold_).astype(int), "Int64")
+        out.loc[idx, "TRIAGE"] = np.where(proba >= model.triage_threshold_, "cytometry", "none")
         out.loc[idx, "MODEL"] = key if key != "main" else "main"
     for pid in frame.index:
         why = []

@@ -7,7 +7,7 @@ from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 
 from cellfeat.data import load_cohort, read_image
-from cellfeat.evaluation import binary_metrics, bootstrap_ci, evaluate_candidates
+from cellfeat.evaluation import nested_cv
 from cellfeat.extract import CellFeatureExtractor, nucleus_crop
 from cellfeat.models import (CANDIDATES, ClinicalFeatures, available_candidates, cohort_frame,
                              make_pipeline)
@@ -39,7 +39,7 @@ def test_candidates_fit_predict_clone(frame, name):
     if name not in available_candidates():
         pytest.skip(f"{name} needs torch")
     y = frame["LABEL"].astype(int).to_numpy()
-    pipe = make_pipeline(name)
+    pipe = make_pipeline(name, calibrated=False)  # the calibrated wrapper: test_evaluation
     fitted = clone(pipe).fit(frame, y)
     proba = fitted.predict_proba(frame)
     assert proba.shape == (len(frame), 2) and np.allclose(proba.sum(axis=1), 1)
@@ -48,7 +48,7 @@ def test_candidates_fit_predict_clone(frame, name):
 
 def test_cross_val_score_works_on_cohort_frame(frame):
     y = frame["LABEL"].astype(int).to_numpy()
-    scores = cross_val_score(make_pipeline("bags-logreg"), frame, y, cv=3,
+    scores = cross_val_score(make_pipeline("meanstd-logreg"), frame, y, cv=3,
                              scoring="balanced_accuracy")
     # the synthetic classes differ in nucleus size spread by construction, but 15 % of
     # tumoral patients look reactive and the folds hold 8 patients: well above chance (0.5)
@@ -69,23 +69,44 @@ def test_unknown_candidate():
         make_pipeline("magic")
 
 
-def test_metrics_and_ci():
-    y = np.array([0, 0, 1, 1, 1, 1])
-    m = binary_metrics(y, [0, 1, 1, 1, 1, 0], [0.1, 0.6, 0.9, 0.8, 0.7, 0.4])
-    # sensitivity 3/4, specificity 1/2 -> balanced accuracy 5/8
-    assert m["balanced_accuracy"] == 0.625 and m["sensitivity"] == 0.75
-    lo, hi = bootstrap_ci(y, np.array([[0, 1, 1, 1, 1, 0]]), n_boot=200)
-    assert lo <= 0.625 <= hi
-
-
-def test_evaluate_candidates_nested(frame):
+def test_nested_cv_on_cohort_frames(frame):
+    """Real candidates through the rule on the synthetic cohort (image signal built in:
+    nucleus-size spread differs by class; clinical signal too: tumoral patients older,
+    with higher counts). Every held-out patient gets the chosen candidate's call."""
     y = frame["LABEL"].astype(int).to_numpy()
-    cands = {n: make_pipeline(n) for n in ("clinical-logreg", "bags-logreg")}
-    res = evaluate_candidates(cands, frame, y, folds=3, repeats=1, inner_folds=2)
+    cands = [(n, make_pipeline(n, calibrated=False)) for n in ("clinical-logreg", "meanstd-logreg")]
+    res = nested_cv(cands, frame, y, folds=3, repeats=1, inner_folds=3)
     s = res.summary(n_boot=100)
-    assert set(s.index) == {"clinical-logreg", "bags-logreg", "nested"}
-    assert (res.pred["nested"] >= 0).all() and len(res.chosen) == 3
-    assert s.loc["bags-logreg", "balanced_accuracy"] > 0.7  # synthetic image signal
+    assert set(s.index) == {"clinical-logreg", "meanstd-logreg", "nested"}
+    assert set(res.chosen) <= {"clinical-logreg", "meanstd-logreg"} and len(res.chosen) == 3
+    chosen_rows = res.fold_scores[res.fold_scores["chosen"]]
+    assert chosen_rows["candidate"].tolist() == res.chosen
+    assert s.loc["meanstd-logreg", "balanced_accuracy"] > 0.7  # synthetic image signal
+    assert s.loc["nested", "balanced_accuracy"] > 0.7
+
+
+def test_bag_statistics_equal_the_aggregator(frame):
+    """CellBagFeatures' per-patient NumPy statistics = BagAggregator on the long table."""
+    from cellfeat.bags import BagAggregator
+    from cellfeat.models import CellBagFeatures, _long_cells
+
+    fast = CellBagFeatures(heterogeneity=False).fit(frame).transform(frame)
+    slow = BagAggregator().fit(_long_cells(frame)).transform(_long_cells(frame))
+    pd.testing.assert_frame_equal(fast, slow.reindex(frame.index)[fast.columns].astype(float),
+                                  check_names=False, rtol=1e-9)
+
+
+def test_clinical_logreg_drops_a_useless_gender():
+    """Gender drawn independently of the label: inner CV should leave it out."""
+    from cellfeat.models import ClinicalLogReg
+
+    rng = np.random.default_rng(0)
+    age = rng.normal(60, 12, 200)
+    y = (rng.random(200) < 1 / (1 + np.exp(-(age - 60) / 6))).astype(int)
+    X = pd.DataFrame({"AGE": age, "LYMPH_COUNT": np.exp(rng.normal(1.5, 0.5, 200)),
+                      "GENDER": rng.choice(["M", "F"], 200)})
+    m = ClinicalLogReg().fit(X, y)
+    assert m.gender_ is False and m.features_ == ["Clinical_Age", "Clinical_LogLymphCount"]
 
 
 def test_mil_cell_scores_align_with_usable_cells(frame):

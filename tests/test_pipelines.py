@@ -64,7 +64,7 @@ def trained(synthetic_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     rc = main(["--quiet", "train", str(synthetic_root), "--features", str(d / "f"), "--model",
                str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3", "--repeats",
-               "1", "--candidates", "clinical-logreg", "bags-logreg", "gated-mixture",
+               "1", "--candidates", "clinical-logreg", "clinical+meanstd-logreg",
                "--jobs", "1"])
     assert rc == 0
     return d
@@ -73,12 +73,33 @@ def trained(synthetic_root, tmp_path_factory):
 def test_train_writes_bundle_and_report(trained):
     import json
 
+    from pipelines.bundle import load_bundle
+
     m = json.loads((trained / "report" / "metrics.json").read_text())
-    assert set(m["candidates"]) == {"clinical-logreg", "bags-logreg", "gated-mixture", "nested"}
+    # the baseline and the image fallback always get rows of their own on the same folds
+    assert set(m["candidates"]) == {"clinical-logreg", "clinical+meanstd-logreg",
+                                    "meanstd-logreg", "nested"}
+    assert m["selection"]["candidates"] == ["clinical-logreg", "clinical+meanstd-logreg"]
+    assert set(m["nested_choices"]) <= set(m["selection"]["candidates"])
     for k in ("balanced_accuracy", "balanced_accuracy_std", "balanced_accuracy_ci_low",
-              "roc_auc", "sensitivity", "specificity"):
+              "roc_auc", "sensitivity", "specificity", "brier"):
         assert k in m["candidates"]["nested"]
-    for f in ("README.md", "roc.png", "confusion.png", "calibration.png", "image_vs_clinical.png"):
+    assert m["nested"]["balanced_accuracy"] == m["candidates"]["nested"]["balanced_accuracy"]
+    gain = m["images_vs_clinical"]
+    assert gain["ci95"][0] <= gain["delta"] <= gain["ci95"][1] and "auc_delta" in gain
+    assert m["versus_clinical"]["nested"]["delta"] == gain["delta"]
+    t = m["triage"]
+    assert t["target_sensitivity"] == 0.95 and 0 <= t["specificity"] <= 1
+    # the saved model is what the rule picked on all patients, with its thresholds
+    models, meta = load_bundle(trained / "m.skops")
+    assert meta["chosen"] == m["chosen"] == m["selection"]["chosen"]
+    assert models["main"].threshold_ == meta["decision"]["threshold"]
+    assert models["main"].triage_threshold_ == meta["decision"]["triage_threshold"] == t["threshold"]
+    readme = (trained / "report" / "README.md").read_text()
+    assert readme.splitlines()[2].startswith("- nested-CV balanced accuracy")
+    assert "How the model was chosen" in readme and "spared cytometry" in readme
+    for f in ("README.md", "roc.png", "confusion.png", "calibration.png", "triage.png",
+              "image_vs_clinical.png"):
         assert (trained / "report" / f).exists()
 
 
@@ -94,6 +115,15 @@ def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
     assert sorted(pred["ID"]) == sorted(cohort.unlabelled)
     assert {"ID", "LABEL", "PROBA", "N_CELLS", "N_CELLS_USED", "STATUS"} <= set(pred.columns)
     assert pred["PROBA"].between(0, 1).all() and (pred["STATUS"] == "ok").all()
+    # one probability, explicit thresholds: the call and the triage are read off PROBA
+    from pipelines.bundle import load_bundle
+
+    models, meta = load_bundle(trained / "m.skops")
+    assert (pred["MODEL"] == "main").all()
+    assert (pred["THRESHOLD"] == round(meta["decision"]["threshold"], 6)).all()
+    assert (pred["LABEL"] == (pred["PROBA"] >= pred["THRESHOLD"]).astype(int)).all()
+    tri = meta["decision"]["triage_threshold"]
+    assert (pred["TRIAGE"] == np.where(pred["PROBA"] >= tri, "cytometry", "none")).all()
     sub = pd.read_csv(tmp_path / "a_submission.csv")
     assert list(sub.columns) == ["Id", "Predicted"] and len(sub) == len(pred)
     assert len(list((tmp_path / "a_montages").glob("*.png"))) == len(pred)
@@ -116,6 +146,15 @@ def test_score_statuses_for_missing_inputs(synthetic_root, trained):
     assert out["STATUS"].tolist() == ["image only: missing AGE", "clinical only: no images",
                                       "no call: missing LYMPH_COUNT; no images"]
     assert out["PROBA"].notna().tolist() == [True, True, False]
+    # each fallback gives its own calibrated probability and threshold, consistent calls
+    assert out["MODEL"].tolist() == ["image", "clinical", ""]
+    assert out["THRESHOLD"].tolist()[:2] == [models["image"].threshold_,
+                                             models["clinical"].threshold_]
+    called = out["PROBA"].notna()
+    assert (out.loc[called, "LABEL"] == (out.loc[called, "PROBA"] >= out.loc[called, "THRESHOLD"])
+            ).all()
+    assert out.loc[~called, ["LABEL", "THRESHOLD"]].isna().all().all()
+    assert out["TRIAGE"].tolist()[2] == ""
 
 
 def test_bundle_refuses_tampering(trained, tmp_path):

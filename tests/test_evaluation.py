@@ -1,0 +1,250 @@
+"""cellfeat.evaluation (and the rule it evaluates, cellfeat.models.ModelChoice), on small
+cohorts where the answer is known by construction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+from cellfeat.evaluation import (binary_metrics, bootstrap_ci, check_cohort_size,
+                                 min_class_size, nested_cv, paired_delta, platt_apply,
+                                 platt_fit, triage_threshold)
+from cellfeat.models import CalibratedDecision, ModelChoice
+
+
+class Column(ClassifierMixin, BaseEstimator):
+    """Logistic regression on one named column of a DataFrame."""
+
+    def __init__(self, col="signal"):
+        self.col = col
+
+    def fit(self, X, y):
+        self.model_ = LogisticRegression().fit(X[[self.col]].to_numpy(), y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, X):
+        return self.model_.predict_proba(X[[self.col]].to_numpy())
+
+
+LEAKS = []
+
+
+class Memorizer(ClassifierMixin, BaseEstimator):
+    """Records every prediction made for a patient it was fitted on (a leak), and would
+    score perfectly on such patients: it returns their memorised label. On patients it
+    has not seen it says 0.5."""
+
+    def fit(self, X, y):
+        self.seen_ = dict(zip(X.index, np.asarray(y)))
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X):
+        leaked = [i for i in X.index if i in self.seen_]
+        if leaked:
+            LEAKS.append(leaked)
+        p = np.array([0.99 if self.seen_.get(i) == 1 else 0.01 if i in self.seen_ else 0.5
+                      for i in X.index])
+        return np.column_stack([1 - p, p])
+
+
+def cohort(n=120, strength=3.0, seed=0):
+    """``signal`` predicts the label through a logistic model of slope ``strength``;
+    ``noise`` is independent of it. Two thirds tumoral, like the dev cohort."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 2 / 3).astype(int)
+    signal = rng.normal(size=n) + (y - 0.5) * strength / 2
+    X = pd.DataFrame({"signal": signal, "noise": rng.normal(size=n)},
+                     index=[f"P{i}" for i in range(n)])
+    return X, y
+
+
+# --- calibration and thresholds -------------------------------------------------------------
+
+def test_platt_recovers_the_generating_map():
+    # y ~ Bernoulli(sigmoid(2 s - 1)): maximum likelihood returns (2, -1) up to sampling
+    # error (~0.05 at n = 20,000); Platt's target smoothing is O(1/n) here
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=20_000)
+    y = (rng.random(s.size) < 1 / (1 + np.exp(-(2 * s - 1)))).astype(int)
+    a, b = platt_fit(s, y)
+    assert a == pytest.approx(2, abs=0.1) and b == pytest.approx(-1, abs=0.1)
+    assert platt_apply((a, b), [0.5]) == pytest.approx(0.5, abs=0.03)
+
+
+def test_platt_stays_finite_on_separable_scores():
+    a, b = platt_fit([-2, -1, 1, 2], [0, 0, 1, 1])
+    # smoothed targets 1/4 and 3/4 (Platt 1999): the fit cannot reach 0 or 1
+    assert np.isfinite([a, b]).all() and 0.2 < platt_apply((a, b), [-2])[0] < 0.3
+
+
+def test_triage_threshold_meets_its_target_on_the_data_it_was_set_on():
+    # by hand: tumoral probabilities 0.2, 0.5, 0.7, 0.9; target 75 %: one of four may be
+    # missed, so t = 0.5 and 3/4 are sent
+    assert triage_threshold([1, 1, 1, 1, 0], [0.2, 0.5, 0.7, 0.9, 0.1], 0.75) == 0.5
+    assert triage_threshold([1, 1, 1, 1, 0], [0.2, 0.5, 0.7, 0.9, 0.1], 1.0) == 0.2
+    rng = np.random.default_rng(1)
+    for target in (0.8, 0.9, 0.93, 0.95, 0.99):
+        y = rng.integers(0, 2, 97)
+        p = rng.random(97)
+        t = triage_threshold(y, p, target)
+        assert (p[y == 1] >= t).mean() >= target  # meets it
+        assert (p[y == 1] > t).mean() < target  # and is the highest that does
+    with pytest.raises(ValueError, match="target sensitivity"):
+        triage_threshold([1, 0], [0.5, 0.5], 0)
+
+
+def test_calibrated_decision_label_is_proba_at_threshold():
+    X, y = cohort(90)
+    m = CalibratedDecision(Column("signal"), target_sensitivity=0.9).fit(X, y)
+    p = m.predict_proba(X)[:, 1]
+    assert (m.predict(X) == (p >= m.threshold_)).all()
+    assert m.threshold_ == pytest.approx(y.mean())  # the prevalence rule
+    assert ((m.triage(X) == "cytometry") == (p >= m.triage_threshold_)).all()
+    # the triage threshold comes from the inner out-of-fold probabilities
+    assert (m.oof_proba_[y == 1] >= m.triage_threshold_).mean() >= 0.9
+
+
+# --- figures and their uncertainty ----------------------------------------------------------
+
+def test_metrics_by_hand():
+    y = np.array([0, 0, 1, 1, 1, 1])
+    m = binary_metrics(y, [0, 1, 1, 1, 1, 0], [0.1, 0.6, 0.9, 0.8, 0.7, 0.4])
+    # sensitivity 3/4, specificity 1/2 -> balanced accuracy 5/8; Brier by hand:
+    # (0.01 + 0.36 + 0.01 + 0.04 + 0.09 + 0.36) / 6 = 0.145
+    assert m["balanced_accuracy"] == 0.625 and m["sensitivity"] == 0.75
+    assert m["specificity"] == 0.5 and m["brier"] == pytest.approx(0.145)
+
+
+def test_bootstrap_ci_matches_the_binomial_standard_error():
+    # sensitivity 0.8 on 1,000 tumoral, specificity 0.7 on 1,000 reactive: the standard
+    # error of BA is 0.5 * sqrt(0.8*0.2/1000 + 0.7*0.3/1000) = 0.00962, so a 95 % interval
+    # spans about 2 * 1.96 * 0.00962 = 0.0377 around 0.75
+    y = np.repeat([1, 0], 1000)
+    pred = np.concatenate([np.repeat([1, 0], [800, 200]), np.repeat([0, 1], [700, 300])])
+    lo, hi = bootstrap_ci(y, pred[None], n_boot=400)
+    assert lo < 0.75 < hi
+    assert hi - lo == pytest.approx(0.0377, rel=0.2)
+    assert bootstrap_ci(y, y[None], n_boot=50) == (1.0, 1.0)  # nothing to vary
+
+
+def test_paired_delta_resamples_both_models_together():
+    y = np.repeat([1, 0], 100)
+    worse = y.copy()
+    worse[::5] = 1 - worse[::5]  # 20 % of each class wrong -> BA 0.8, a gain of 0.2
+    d = paired_delta(y, y[None], worse[None], n_boot=300)
+    assert d["delta"] == pytest.approx(0.2)
+    assert 0.1 < d["ci95"][0] < 0.2 < d["ci95"][1] < 0.3
+    same = paired_delta(y, worse[None], worse[None], n_boot=50)
+    assert same["delta"] == 0 and same["ci95"] == [0.0, 0.0]  # paired: no noise at all
+
+
+# --- data-size guard ------------------------------------------------------------------------
+
+def test_min_class_size_by_hand():
+    # bottom-up: a 3-fold level needs 3 per class; above it a 3-fold level must keep 3 in
+    # its smallest training part: 5 - ceil(5/3) = 3; then 8 - ceil(8/3) = 5; then a
+    # 5-fold level: 10 - ceil(10/5) = 8
+    assert min_class_size((3,)) == 3
+    assert min_class_size((3, 3)) == 5
+    assert min_class_size((5, 3, 3, 3)) == 10
+    check_cohort_size(np.repeat([0, 1], 10), (5, 3, 3, 3))
+    with pytest.raises(ValueError, match="9 reactive .* at least 10 of each class"):
+        check_cohort_size(np.repeat([0, 1], [9, 30]), (5, 3, 3, 3))
+
+
+def cell_frame(n_per_class, seed=0):
+    """A cohort frame without images: clinical columns and 6 cells of two features per
+    patient, tumoral cells shifted (enough for every candidate to run)."""
+    from cellfeat.models import cohort_frame
+
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n_per_class)
+    ids = [f"P{i}" for i in range(len(y))]
+    clinical = pd.DataFrame({"AGE": rng.normal(60, 10, len(y)) + 10 * y,
+                             "LYMPH_COUNT": np.exp(rng.normal(1.5, 0.5, len(y)) + y),
+                             "GENDER": rng.choice(["M", "F"], len(y)), "LABEL": y}, index=ids)
+    cells = pd.DataFrame({"ID": np.repeat(ids, 6), "QC_STATUS": "ok",
+                          "Nucleus_Shape_Area": rng.normal(size=6 * len(y)) + np.repeat(y, 6),
+                          "Nucleus_Colour_Mean": rng.normal(size=6 * len(y))})
+    return cohort_frame(clinical, cells), y
+
+
+def test_cohort_at_the_minimum_runs_four_levels_deep():
+    """The deepest candidate (late fusion: outer > rule > image logit > C by CV, 3 folds
+    each) on a cohort of exactly the guard's minimum runs; one patient fewer is refused
+    with a message, before anything is fitted."""
+    from cellfeat.models import cv_depth, make_pipeline
+
+    need = min_class_size((3, 3, *cv_depth(["late-fusion"])))
+    assert need == 12  # 3 -> 5 -> 8 -> 12, as in test_min_class_size_by_hand
+    X, y = cell_frame(need)
+    cands = [("late-fusion", make_pipeline("late-fusion", calibrated=False))]
+    res = nested_cv(cands, X, y, folds=3, repeats=1, inner_folds=3)
+    assert (res.pred["nested"] >= 0).all()
+    X, y = X.iloc[1:], y[1:]
+    with pytest.raises(ValueError, match="11 reactive and 12 tumoral .* at least 12"):
+        nested_cv(cands, X, y, folds=3, repeats=1, inner_folds=3)
+
+
+# --- the rule and its nested estimate -------------------------------------------------------
+
+def test_nested_estimate_and_saved_model_come_from_the_same_rule():
+    X, y = cohort(120)
+    cands = [("noise", Column("noise")), ("signal", Column("signal"))]  # noise listed first
+    res = nested_cv(cands, X, y, folds=5, repeats=2, inner_folds=3, seed=3, internal_depth=())
+    # the answer is known: only 'signal' carries information
+    assert res.chosen == ["signal"] * 10
+    s = res.summary(n_boot=100)
+    assert s.loc["nested", "balanced_accuracy"] > 0.8
+    assert abs(s.loc["noise", "balanced_accuracy"] - 0.5) < 0.15
+    # fold k of the nested estimate is ModelChoice fitted on that fold's training patients
+    outer = list(RepeatedStratifiedKFold(n_splits=5, n_repeats=2, random_state=3)
+                 .split(np.zeros(len(y)), y))
+    tr, te = outer[7]
+    rule = ModelChoice(cands, cv=3, random_state=3).fit(X.iloc[tr], y[tr])
+    assert rule.chosen_ == res.chosen[7]
+    np.testing.assert_allclose(rule.predict_proba(X.iloc[te])[:, 1], res.proba["nested"][1, te])
+    # and the saved model is the same estimator fitted on everyone
+    assert ModelChoice(cands, cv=3, random_state=3).fit(X, y).chosen_ == "signal"
+
+
+def test_ties_go_to_the_simpler_candidate():
+    X, y = cohort(90)
+    cands = [("simple", Column("signal")), ("complex", Column("signal"))]
+    res = nested_cv(cands, X, y, folds=3, repeats=1, inner_folds=3, internal_depth=())
+    assert res.chosen == ["simple"] * 3
+    rule = ModelChoice(cands[::-1], cv=3).fit(X, y)
+    assert rule.chosen_ == "complex"  # first listed = simpler, whatever its name
+    only = ModelChoice(cands, eligible=["complex"], cv=3).fit(X, y)
+    assert only.chosen_ == "complex" and set(only.models_) == {"simple", "complex"}
+
+
+def test_no_fit_sees_its_test_patients():
+    X, y = cohort(60)
+    LEAKS.clear()
+    cands = [("memorizer", Memorizer()), ("signal", Column("signal"))]
+    res = nested_cv(cands, X, y, folds=5, repeats=2, inner_folds=3, internal_depth=())
+    assert LEAKS == []  # no model was ever asked about a patient it was fitted on
+    # so the memoriser knows nothing about held-out patients: one constant call, BA 0.5
+    assert res.summary(n_boot=20).loc["memorizer", "balanced_accuracy"] == 0.5
+    assert res.fold_scores.query("candidate == 'memorizer'")["inner_balanced_accuracy"].eq(0.5).all()
+
+
+def test_triage_threshold_meets_its_target_out_of_fold():
+    X, y = cohort(400, strength=2.0, seed=5)
+    res = nested_cv([("signal", Column("signal"))], X, y, folds=5, repeats=2, inner_folds=3,
+                    target_sensitivity=0.9, internal_depth=())
+    t = res.triage_summary(n_boot=100)
+    # thresholds were set on training folds; on held-out patients the share sent keeps to
+    # the target within sampling error (sd ~ sqrt(0.9*0.1/270) = 0.018 per repeat)
+    assert t["sensitivity"] >= 0.9 - 0.04
+    assert t["sensitivity_ci95"][0] < 0.9 < t["sensitivity_ci95"][1] + 0.04
+    # a weak signal cannot spare many reactive patients at 90 %; a strong one spares more
+    assert 0.2 < t["specificity"] < 0.8
+    strong = nested_cv([("signal", Column("signal"))], *cohort(400, strength=5.0, seed=5),
+                       folds=5, repeats=1, target_sensitivity=0.9, internal_depth=())
+    assert strong.triage_summary(n_boot=20)["specificity"] > t["specificity"] + 0.2
