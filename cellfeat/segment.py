@@ -315,7 +315,7 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
     # (the widest cytoplasm of a reactive lymphocyte is about one radius).
     radius = np.sqrt(max(cv2.contourArea(contour), 1.0) / np.pi)
     cbx, cby, cbw, cbh = cv2.boundingRect(contour)
-    margin = int(max(1.6 * radius, 12))
+    margin = int(max(_MARGIN * radius, 12))
     wy0, wy1 = max(y0 + cby - margin, 0), min(y0 + cby + cbh + margin, h)
     wx0, wx1 = max(x0 + cbx - margin, 0), min(x0 + cbx + cbw + margin, w)
     nuc = np.zeros((wy1 - wy0, wx1 - wx0), np.uint8)
@@ -465,13 +465,6 @@ def _kmeans(x: np.ndarray, centres: np.ndarray, iterations: int = 8) -> tuple:
     return c, k
 
 
-def _nearest_scores(f: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    # |c_j|^2 - 2 c_j.x for every pixel x of f (H, W, 3) and centre j: the squared distance
-    # up to the same |x|^2 for all j, as one affine transform (OpenCV, no temporaries)
-    m = np.hstack([-2 * centres, (centres * centres).sum(1, keepdims=True)])
-    return cv2.transform(f, m.astype(np.float32))
-
-
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     cnts, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     out = np.zeros_like(mask)
@@ -557,21 +550,31 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
     """Cell (nucleus + cytoplasm) from a per-image colour model of four populations.
 
     ``opp`` is the (lightly blurred) window around the nucleus ``nuc`` (uint8 0/1) in the
-    opponent axes of :data:`_OPPONENT`, ``rgb`` the same window in RGB. Plasma, red
-    cells, cytoplasm and chromatin are four colour populations in every smear; their
-    colours drift from image to image, so they are learnt in each window by K-means
-    (Lloyd, on every fourth pixel of every fourth row... of a 2x subsample), started from
-    where each population must be: chromatin from the nucleus; plasma from the lightest
-    background pixels; red cells from the darker half of the background; cytoplasm from
-    the half of a 1–6 px ring around the nucleus that the other three explain worst. Every pixel of the window takes
-    its nearest centre. The cell is the connected region of cytoplasm and chromatin
-    pixels holding the nucleus, after a 3x3 opening; other chromatin blobs in it (a
-    neighbouring white cell, a lobe; compact blobs of the contrast threshold) take the
-    pixels nearer to them than to the nucleus; holes smaller than a
-    third of the nucleus are filled (red cells wrapped by cytoplasm are larger and stay
-    out); a 5x5 opening smooths the outline. When the cytoplasm centre is not bluer than
-    both the red-cell and the plasma centres (no cytoplasm population in this window),
-    the cell is the nucleus.
+    opponent axes of :data:`_OPPONENT`; ``rgb`` the same window in RGB; ``others`` the
+    other components of the contrast threshold in the window; ``background`` opponent
+    colours of image pixels outside the window and the stained components.
+
+    Plasma, red cells, cytoplasm and chromatin are four colour populations in every
+    smear; their colours drift from image to image, so each image gets its own model, one
+    Gaussian (full covariance) per population:
+
+    * plasma and red cells: two-means over ``background`` (over the window's outer half
+      when the window is most of the image), started from its lightest 15 % as plasma;
+    * chromatin: the nucleus's pixels;
+    * cytoplasm: started from the half of a 1–6 px ring around the nucleus that the
+      other three explain worst (cytoplasm touches the nucleus), then one EM step over
+      the window's pixels with the other three held fixed.
+
+    It is fitted and evaluated on the window shrunk to a nucleus radius of
+    ``_MODEL_RADIUS`` px (area averaging); the log-odds of (cytoplasm or chromatin)
+    against (plasma or red cells) are interpolated back to full resolution and
+    thresholded at 0. The cell is the connected region holding the nucleus after a 3x3
+    opening; other compact blobs of the contrast threshold in it (a neighbouring white
+    cell's nucleus, a lobe) take the pixels nearer to them than to the nucleus; holes
+    smaller than a third of the nucleus are filled (red cells wrapped by cytoplasm are
+    larger and stay out); a 5x5 opening smooths the outline. When the cytoplasm
+    Gaussian is not bluer than both the red-cell and the plasma ones, or weighs under
+    2 % of the window (no cytoplasm population here), the cell is the nucleus.
     """
     h, w = nuc.shape
     sel = nuc.view(bool)
@@ -647,14 +650,22 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
     cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, _ELLIPSE3) | nuc
     _, comps = cv2.connectedComponents(cand, connectivity=8)
     py, px = np.unravel_index(int(np.argmax(sel)), sel.shape)
-    cell = (comps == comps[py, px]).view(np.uint8)
+    full = (comps == comps[py, px]).view(np.uint8)
+    # the rest runs on the cell's box (a few times smaller than the window)
+    bx, by, bw, bh = cv2.boundingRect(full)
+    y0, y1, x0, x1 = max(by - 3, 0), min(by + bh + 3, h), max(bx - 3, 0), min(bx + bw + 3, w)
+    cell, nuc = full[y0:y1, x0:x1].copy(), nuc[y0:y1, x0:x1]
+    py, px = py - y0, px - x0
     # other chromatin in the region: another cell's nucleus, a platelet, a lobe of ours
     # compact blobs only: a thin dark line (the cytoplasm's own stained edge) marks nothing
-    others = cv2.morphologyEx(others & cell & (1 - cv2.dilate(nuc, _ELLIPSE5)),
-                              cv2.MORPH_OPEN, _ELLIPSE5)
-    n, olab, ostats, _ = cv2.connectedComponentsWithStats(others, connectivity=8)
+    others = others[y0:y1, x0:x1] & cell & (1 - cv2.dilate(nuc, _ELLIPSE5))
     lobes = False
-    keep = np.flatnonzero(ostats[1:, cv2.CC_STAT_AREA] >= 0.02 * area_n) + 1
+    if cv2.countNonZero(others):
+        others = cv2.morphologyEx(others, cv2.MORPH_OPEN, _ELLIPSE5)
+        n, olab, ostats, _ = cv2.connectedComponentsWithStats(others, connectivity=8)
+        keep = np.flatnonzero(ostats[1:, cv2.CC_STAT_AREA] >= 0.02 * area_n) + 1
+    else:
+        keep = []
     if len(keep):
         rivals = np.isin(olab, keep)
         dist = cv2.distanceTransform(1 - nuc, cv2.DIST_L2, 3)
@@ -677,13 +688,15 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
             cell |= np.isin(hlab, small).view(np.uint8)
     cell = cv2.morphologyEx(cell, cv2.MORPH_OPEN, _ELLIPSE5) | nuc
     _, comps = cv2.connectedComponents(cell, connectivity=8)
-    cell = (comps == comps[py, px]).view(np.uint8)
-    return {"cell": cell, "red_cells": red & (1 - cell), "colours": colours, "lobes": lobes}
+    full[:] = 0
+    full[y0:y1, x0:x1] = (comps == comps[py, px]).view(np.uint8)
+    return {"cell": full, "red_cells": red & (1 - full), "colours": colours, "lobes": lobes}
 
 
 PLASMA, RBC, CYTO, CHROM = range(4)
 _EM_ITERATIONS = 1
 _MODEL_RADIUS = 9.0
+_MARGIN = 1.6  # window margin around the nucleus box, in nucleus radii
 _VAR_FLOOR = 4.0  # a variance of 4 (sd 2 levels) on each axis: JPEG noise
 
 

@@ -214,7 +214,9 @@ def test_component_trimmed_by_the_final_opening():
 
 
 # ---------------------------------------------------------------- whole cell
-PLASMA, RBC, PALE_CYTO, DEEP_CYTO = (238, 222, 205), (200, 160, 178), (182, 175, 215), (105, 115, 190)
+# colours of cellfeat.synthetic.draw_cell (RGB); DEEP_CYTO a little darker than its deep blue
+PLASMA, RBC = (238, 222, 205), (200, 160, 178)
+PALE_CYTO, DEEP_CYTO = (182, 175, 215), (105, 115, 190)
 CHROMATIN, PALE_CHROMATIN = (85, 45, 125), (140, 95, 175)
 
 
