@@ -43,11 +43,17 @@ def test_patient_without_decodable_image_has_no_pixel_score():
 
 
 def _pipelines_imports() -> dict[str, set[str]]:
-    """Module -> the pipelines modules it imports, at the top or inside a function."""
+    """Module -> the pipelines modules it imports, at the top or inside a function.
+
+    Imports inside a module-level ``main`` are left out: ``main`` is a command-line entry
+    point (``python -m pipelines.<module>``), run as ``__main__``, above every module.
+    """
     graph = {}
     for f in sorted((ROOT / "pipelines").glob("*.py")):
         deps = set()
-        for node in ast.walk(ast.parse(f.read_text())):
+        tree = ast.parse(f.read_text())
+        body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "main")]
+        for node in (sub for top in body for sub in ast.walk(top)):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 deps.update([node.module.split(".")[0]] if node.module
                             else [a.name for a in node.names])
