@@ -224,8 +224,9 @@ class HeterogeneityScores(TransformerMixin, BaseEstimator):
     Input
     -----
     ``X``: a DataFrame with ``bag_col`` and feature columns, one row per usable cell, or a
-    2-D numeric array whose first column is the (numeric) bag ID. Features are standardised with the
-    median and IQR of the cells seen in ``fit``; cells with any NaN are ignored.
+    2-D numeric array whose first column is the (numeric) bag ID. Features are standardised
+    with the median and IQR of the cells seen in ``fit``; cells with any NaN or infinite
+    feature are ignored.
 
     Returns (``transform``)
     -----------------------
