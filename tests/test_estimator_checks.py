@@ -68,9 +68,11 @@ def test_array_estimators(estimator, check):
 # --- estimators on cohort frames ----------------------------------------------------------
 
 _FRAME = "input is a cohort frame (AGE, LYMPH_COUNT, GENDER, CELLS), not a numeric array"
-# The checks that call fit, transform or predict on numeric arrays, per estimator (those
-# that pass do so because the array is never looked at, e.g. ClinicalFeatures.fit). The
-# properties they stand for are checked on cohort frames by the tests below.
+# The checks that call fit, transform or predict on numeric arrays, per estimator. Some
+# array checks pass without reading the array: ClinicalFeatures.fit ignores X, and
+# GatedMixture.fit refuses a one-class or continuous y (check_complex_data, check_fit1d,
+# check_fit2d_1sample draw such a y) before it reads X. The properties these checks stand
+# for are checked on cohort frames by the tests below.
 _TRANSFORMER_ARRAY_CHECKS = (
     "check_complex_data", "check_dict_unchanged", "check_dtype_object",
     "check_estimator_sparse_tag", "check_estimators_dtypes",
