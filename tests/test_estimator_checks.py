@@ -70,7 +70,7 @@ def test_array_estimators(estimator, check):
 _FRAME = "input is a cohort frame (AGE, LYMPH_COUNT, GENDER, CELLS), not a numeric array"
 # The checks that call fit, transform or predict on numeric arrays, per estimator. Some
 # array checks pass without reading the array: ClinicalFeatures.fit ignores X, and
-# GatedMixture.fit refuses a one-class or continuous y (check_complex_data, check_fit1d,
+# GatedMixture.fit refuses a y of other than two classes (check_complex_data, check_fit1d,
 # check_fit2d_1sample draw such a y) before it reads X. The properties these checks stand
 # for are checked on cohort frames by the tests below.
 _TRANSFORMER_ARRAY_CHECKS = (
