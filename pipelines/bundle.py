@@ -3,29 +3,39 @@
 A model file travels by e-mail and shared drives, so loading it must never run code. skops
 never unpickles, but it does call what a file names: a constructor-from-reduce node calls its
 type with the file's arguments, a function, method, partial or type node hands back whatever
-object it names. So a bundle is checked before skops builds anything:
+object it names, and a plain object node sets whatever attributes the file lists. So the
+file is read once into memory and checked before skops builds anything, then skops builds
+from those same bytes (a file swapped on disk in between changes nothing):
 
-1. ``schema.json`` is read as plain JSON and every node in it (every JSON object with a
-   ``__loader__``, wherever it sits) is inspected;
-2. the node's loader must be one of :data:`ALLOWED_LOADERS` — containers, JSON primitives,
-   NumPy arrays and dtypes, plain objects restored from their ``__dict__``, type references —
-   and never one whose job is to hand back or call a callable (function, method, partial,
-   operator, reduce, constructor-from-reduce);
-3. the node's type must be in :data:`ALLOWED_TYPES`, an exact list of the classes that the
+1. the zip: no member twice, members and their total under fixed caps (a real bundle of
+   120 patients is under 1 MiB), ``schema.json`` without duplicate keys;
+2. every node of ``schema.json`` (every JSON object with a ``__loader__``, wherever it sits):
+   its loader and type must be a pair of :data:`TYPES_BY_LOADER`, an exact list of what the
    bundles cellfeat writes contain (``tests/test_bundle.py`` trains every candidate and
-   checks that its bundle holds nothing else). No prefix is trusted.
+   fails on a pair written but not listed, or listed but never written). Loaders that call
+   or return a callable (function, method, partial, operator, reduce,
+   constructor-from-reduce) are not on it. No prefix is trusted;
+3. the shape of what skops will build: an object's state is a plain dict of identifier
+   names, none of them a ``__dunder__`` (NumPy and Python look those up on the instance, e.g.
+   ``__array_interface__`` would give an array over memory the file picks); a repeated
+   ``__id__`` repeats the identical node; no bare references, no cached nodes (skops writes
+   neither), so loading stays linear in the file's size;
+4. after loading, every object reachable from the bundle is re-checked: exact allowed
+   types, no dunder instance attributes, boosters that hold a parsed model.
 
-The first node that fails is named in a one-line refusal. Only then does skops load the
-file, trusting exactly the types it reports, all of which are on the list. ``save_bundle``
-runs the same check on what it has just written, so a training run that would produce an
-unloadable bundle fails at once, naming the new type. A bundle made for another feature
-set or by an incompatible version is refused with a message saying what differs; a
-truncated file is refused cleanly.
+The first failure is named in a one-line refusal. ``save_bundle`` runs the same check on
+what it has just written, so a training run that would produce an unloadable bundle fails
+at once, naming the new type. A bundle made for another feature set or by an incompatible
+version is refused with a message saying what differs; a truncated file is refused cleanly.
+Out of reach of these checks: bugs in the native parsers of XGBoost and LightGBM models
+(the bytes of a booster are theirs to parse).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -34,29 +44,18 @@ import cellfeat
 from .io import StageError, atomic_path
 
 BUNDLE_FORMAT = 1
-MAX_SCHEMA_BYTES = 64 * 2**20  # a real bundle's schema is a few MiB
+MAX_SCHEMA_BYTES = 64 << 20    # a real bundle's schema is a few hundred KiB
+# A real bundle (120 patients, every fallback) holds under 1 MiB of arrays and a few KiB of
+# booster bytes; the caps leave two orders of magnitude and bound what a crafted file can
+# make the loader allocate to a few hundred MiB.
+MAX_MEMBER_BYTES = 128 << 20    # one array file
+MAX_READ_BYTES = 128 << 20      # all array files together, as skops will read them
+MAX_BYTEARRAY_BYTES = 16 << 20  # all byte arrays: skops expands them ~9x (lists of ints)
+MAX_NODES = 2_000_000
 
-#: skops node kinds a cellfeat bundle is made of (CachedNode: a second reference to a node
-#: already checked). Loaders that return or call a callable (FunctionNode, MethodNode,
-#: PartialNode, OperatorFuncNode, the reduce nodes, ConstructorFromReduceNode) are
-#: deliberately absent.
-ALLOWED_LOADERS = frozenset({
-    "DictNode", "DefaultDictNode", "ListNode", "TupleNode", "JsonNode", "BytearrayNode",
-    "NdArrayNode", "DTypeNode", "ObjectNode", "TypeNode", "CachedNode",
-})
-
-#: Exact ``module.Class`` names found in the bundles cellfeat writes (every candidate of
-#: :mod:`cellfeat.models`, the fallbacks and the MIL explainer): ``tests/test_bundle.py``
-#: fails both on a written type missing here and on a type here that no bundle holds. All
-#: are classes; an ObjectNode restores them with ``__new__`` and their own ``__setstate__``
-#: or a ``__dict__`` update, so none runs code of the file's choosing.
-ALLOWED_TYPES = frozenset({
-    # containers and primitives (JSON values are all written as builtins.str nodes)
-    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.float",
-    "builtins.bytearray", "collections.defaultdict", "collections.OrderedDict",
-    # NumPy arrays, dtypes and scalar types
-    "numpy.ndarray", "numpy.dtype", "numpy.float64", "numpy.int64",
-    # cellfeat estimators
+#: Classes restored from their attributes (skops ObjectNode: ``__new__``, then the class's
+#: own ``__setstate__`` or a ``__dict__`` update).
+ESTIMATOR_TYPES = frozenset({
     "cellfeat.bags.BagAggregator", "cellfeat.heterogeneity.HeterogeneityScores",
     "cellfeat.mil.MISVM", "cellfeat.mil.InstanceScoreBagFeatures",
     "cellfeat.models.ClinicalFeatures", "cellfeat.models.CellBagFeatures",
@@ -64,17 +63,39 @@ ALLOWED_TYPES = frozenset({
     "cellfeat.models.GatedMixture", "cellfeat.models.CalibratedDecision",
     "cellfeat.models.ClinicalLogReg", "cellfeat.models.ImageLogit",
     "cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding",
-    # scikit-learn
     "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
     "sklearn.impute._base.SimpleImputer", "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.linear_model._logistic.LogisticRegressionCV",
     "sklearn.model_selection._split.StratifiedKFold", "sklearn.svm._classes.LinearSVC",
-    # gradient boosting
     "xgboost.sklearn.XGBClassifier", "xgboost.core.Booster",
     "lightgbm.sklearn.LGBMClassifier", "lightgbm.basic.Booster",
 })
+
+#: skops loader -> the exact ``module.Class`` names it may carry in a cellfeat bundle.
+TYPES_BY_LOADER = {
+    "DictNode": frozenset({"builtins.dict"}),
+    "DefaultDictNode": frozenset({"collections.defaultdict"}),
+    "ListNode": frozenset({"builtins.list"}),
+    "TupleNode": frozenset({"builtins.tuple"}),
+    "JsonNode": frozenset({"builtins.str"}),        # skops writes every JSON value so
+    "BytearrayNode": frozenset({"builtins.bytearray"}),
+    "NdArrayNode": frozenset({"numpy.ndarray", "numpy.float64", "numpy.int64"}),
+    "DTypeNode": frozenset({"numpy.dtype"}),
+    "TypeNode": frozenset({"builtins.str", "builtins.float", "collections.OrderedDict",
+                           "numpy.int64"}),
+    "ObjectNode": ESTIMATOR_TYPES,
+}
+
+#: Every type a cellfeat bundle may hold, whatever the loader.
+ALLOWED_TYPES = frozenset().union(*TYPES_BY_LOADER.values())
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _Refused(Exception):
+    """What is wrong with a bundle, in words that follow "<path>: refused, ..."."""
 
 
 def _nodes(tree):
@@ -93,31 +114,183 @@ def _nodes(tree):
             stack.extend(reversed(item))
 
 
-def audit_bundle(path) -> None:
-    """Raise :class:`StageError` naming the first node of the bundle at ``path`` that is not
-    an allowed loader with an allowed type. Reads ``schema.json`` only: nothing is built."""
-    path = Path(path)
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise _Refused("its schema repeats a key in one object")
+    return dict(pairs)
+
+
+def _without_ids(x):
+    """A node without its ids and array file names: what a repeated ``__id__`` repeats
+    (skops writes fresh ones for the throw-away array inside a repeated dtype node)."""
+    if isinstance(x, dict):
+        return {k: _without_ids(v) for k, v in x.items() if k not in ("__id__", "file")}
+    if isinstance(x, list):
+        return [_without_ids(v) for v in x]
+    return x
+
+
+def _check_node(node: dict) -> None:
+    loader = node["__loader__"]
+    name = f"{node.get('__module__')}.{node.get('__class__')}"
+    if not isinstance(loader, str) or loader not in TYPES_BY_LOADER:
+        raise _Refused(f"it holds `{name}` as a {loader}, a kind of node that can run code "
+                       f"and that no cellfeat bundle contains")
+    if name not in TYPES_BY_LOADER[loader]:
+        raise _Refused(f"it holds `{name}` ({loader}), a type outside the trusted list of a "
+                       f"cellfeat bundle")
+    content = node.get("content")
+    if loader == "ObjectNode" and content is not None:
+        if not (isinstance(content, dict) and content.get("__loader__") == "DictNode"):
+            raise _Refused(f"the state of `{name}` is not a plain dict")
+        bad = [k for k in content.get("content", {})
+               if not _IDENTIFIER.match(k) or k.startswith("__")]
+        if bad:
+            raise _Refused(f"it gives `{name}` the attribute {bad[0]!r}, which no estimator "
+                           f"has")
+    elif loader == "DictNode":
+        key_types = node.get("key_types")
+        if not (isinstance(key_types, dict) and key_types.get("__loader__") == "ListNode"
+                and all(isinstance(k, dict) and k.get("__loader__") == "TypeNode"
+                        for k in key_types.get("content", []))):
+            raise _Refused("a dict's key types are not plain types")
+    elif loader == "DTypeNode":
+        if not (isinstance(content, dict) and content.get("__loader__") == "NdArrayNode"):
+            raise _Refused("a dtype node does not wrap an array")
+    elif loader == "DefaultDictNode":
+        factory = (content or {}).get("default_factory") if isinstance(content, dict) else None
+        if not (isinstance(factory, dict) and factory.get("__loader__") == "TypeNode"):
+            raise _Refused("a defaultdict's factory is not a plain type")
+
+
+def _audit(data: bytes) -> None:
     try:
-        with zipfile.ZipFile(path) as zf:
-            if zf.getinfo("schema.json").file_size > MAX_SCHEMA_BYTES:
-                raise StageError(f"{path}: refused, its schema is larger than "
-                                 f"{MAX_SCHEMA_BYTES >> 20} MiB; no cellfeat bundle is")
-            schema = json.loads(zf.read("schema.json"))
-    except StageError:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+        schema_size = zf.getinfo("schema.json").file_size
+    except Exception as exc:
+        raise StageError(f"not a readable model bundle ({type(exc).__name__}); it may be "
+                         f"truncated or tampered with: retrain it") from None
+    names = [i.filename for i in infos]
+    if len(names) != len(set(names)):
+        raise _Refused("it holds two files under one name")
+    sizes = {i.filename: i.file_size for i in infos}
+    if schema_size > MAX_SCHEMA_BYTES or max(sizes.values()) > MAX_MEMBER_BYTES:
+        raise _Refused("one of its files is larger than any cellfeat bundle's")
+    try:
+        schema = json.loads(zf.read("schema.json"), object_pairs_hook=_unique_keys)
+    except _Refused:
         raise
     except Exception as exc:
-        raise StageError(f"{path}: not a readable model bundle ({type(exc).__name__}); "
-                         f"it may be truncated or tampered with: retrain it") from None
-    for node in _nodes(schema):
-        loader = node.get("__loader__")
-        name = f"{node.get('__module__')}.{node.get('__class__')}"
-        if loader not in ALLOWED_LOADERS:
-            raise StageError(f"{path}: refused, it holds `{name}` as a {loader}, a kind of "
-                             f"node that can run code and that no cellfeat bundle contains; "
-                             f"do not use this file")
-        if name not in ALLOWED_TYPES:
-            raise StageError(f"{path}: refused, it holds `{name}` ({loader}), a type outside "
-                             f"the trusted list of a cellfeat bundle; do not use this file")
+        raise StageError(f"not a readable model bundle ({type(exc).__name__}); it may be "
+                         f"truncated or tampered with: retrain it") from None
+    seen: dict[int, str] = {}
+    read = read_bytearrays = count = 0
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+            continue
+        if not isinstance(item, dict):
+            continue
+        count += 1
+        if count > MAX_NODES:
+            raise _Refused("its schema has more nodes than any cellfeat bundle's")
+        stack.extend(reversed(list(item.values())))
+        if "__loader__" not in item:
+            if "__id__" in item:
+                raise _Refused("it holds a bare reference, which skops never writes")
+            continue
+        _check_node(item)
+        first = True
+        ident = item.get("__id__")
+        if ident is not None:
+            if type(ident) is not int:
+                raise _Refused("a node id is not an integer")
+            shape = json.dumps(_without_ids(item), sort_keys=True)
+            first = ident not in seen
+            if seen.setdefault(ident, shape) != shape:
+                raise _Refused(f"node id {ident} names two different nodes")
+        if first and item["__loader__"] in ("NdArrayNode", "BytearrayNode") and "file" in item:
+            size = sizes.get(item["file"], 0)
+            if item["__loader__"] == "BytearrayNode":
+                read_bytearrays += size
+                if read_bytearrays > MAX_BYTEARRAY_BYTES:
+                    raise _Refused("its byte arrays add up to more than any cellfeat "
+                                   "bundle's")
+            read += size
+            if read > MAX_READ_BYTES:
+                raise _Refused("its arrays add up to more than any cellfeat bundle's")
+
+
+def audit_bundle(path_or_bytes, *, where=None) -> None:
+    """Raise :class:`StageError` naming the first thing in a bundle (a path, or its bytes
+    with ``where`` naming it) that a cellfeat bundle never holds. Nothing is built."""
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        data, where = bytes(path_or_bytes), where or "model bundle"
+    else:
+        where = where or path_or_bytes
+        data = Path(path_or_bytes).read_bytes()
+    try:
+        _audit(data)
+    except _Refused as exc:
+        raise StageError(f"{where}: refused, {exc}; do not use this file") from None
+    except StageError as exc:
+        raise StageError(f"{where}: {exc}") from None
+
+
+def _check_loaded(obj) -> None:
+    """Second look, on what skops built: every reachable object is of an allowed type (no
+    subclass), carries no dunder instance attribute, and a booster holds a parsed model."""
+    import ctypes
+
+    import numpy as np
+
+    seen, stack = set(), [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or o is None or type(o) in (bool, int, float, str):
+            continue
+        seen.add(id(o))
+        if isinstance(o, type):
+            name = f"{o.__module__}.{o.__qualname__}"
+            if name not in ALLOWED_TYPES:
+                raise _Refused(f"it holds the class `{name}`")
+            continue
+        if isinstance(o, np.dtype) and o.kind in "biufcUS" and o.names is None:
+            continue
+        if isinstance(o, np.generic) and o.dtype.kind in "biuf":
+            continue
+        name = f"{type(o).__module__}.{type(o).__qualname__}"
+        if name not in ALLOWED_TYPES and type(o) is not ctypes.c_void_p:
+            raise _Refused(f"it holds an object of type `{name}`")
+        if isinstance(o, np.ndarray):
+            if o.dtype == object:
+                stack.extend(o.ravel().tolist())
+            elif o.dtype.kind not in "biufcUS":
+                raise _Refused(f"it holds an array of dtype {o.dtype}")
+            continue
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+            if getattr(o, "default_factory", None) is not None:
+                stack.append(o.default_factory)
+            continue
+        if isinstance(o, (list, tuple)):
+            stack.extend(o)
+            continue
+        attrs = getattr(o, "__dict__", None)
+        if attrs is not None:
+            bad = [k for k in attrs if not isinstance(k, str) or k.startswith("__")]
+            if bad:
+                raise _Refused(f"it gives `{name}` the attribute {bad[0]!r}")
+            if name.endswith(".Booster"):
+                handle = attrs.get("handle", attrs.get("_handle"))
+                if not (isinstance(handle, ctypes.c_void_p) and handle.value):
+                    raise _Refused(f"its `{name}` holds no parsed model")
+            stack.extend(attrs.values())
 
 
 def save_bundle(path, *, pipeline, meta: dict) -> None:
@@ -127,28 +300,33 @@ def save_bundle(path, *, pipeline, meta: dict) -> None:
     import skops.io as sio
 
     bundle = {"format": BUNDLE_FORMAT, "cellfeat_version": cellfeat.__version__,
-              "meta_json": json.dumps(meta, default=str),
-              "pipeline": pipeline}
+              "meta_json": json.dumps(meta, default=str), "pipeline": pipeline}
     with atomic_path(path) as tmp:
         sio.dump(bundle, tmp)
         try:
-            audit_bundle(tmp)
-        except StageError as exc:
-            raise StageError(f"{path}: not written: {str(exc).split(': ', 1)[1]}. If that "
-                             f"type is new and restores without running code, add it to "
-                             f"pipelines.bundle.ALLOWED_TYPES") from None
+            _audit(tmp.read_bytes())
+        except _Refused as exc:
+            raise StageError(f"{path}: not written, {exc}. If that type is new and restores "
+                             f"without running code, add it to "
+                             f"pipelines.bundle.TYPES_BY_LOADER") from None
 
 
 def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
-    """Return ``(pipeline, meta)`` or raise StageError saying why the bundle is refused."""
+    """Return ``(pipeline, meta)`` or raise StageError saying why the bundle is refused.
+
+    The file is read once; the checks and skops work on those bytes."""
     import skops.io as sio
 
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: no model bundle here; run `make train` first or pass --model")
-    audit_bundle(path)
+    if path.stat().st_size > MAX_READ_BYTES + MAX_SCHEMA_BYTES:
+        raise StageError(f"{path}: refused, it is larger than any cellfeat bundle; do not "
+                         f"use this file")
+    data = path.read_bytes()
+    audit_bundle(data, where=path)
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
         raise StageError(f"{path}: not a readable model bundle ({type(exc).__name__}); "
                          f"it may be truncated or tampered with: retrain it") from None
@@ -157,17 +335,27 @@ def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
         raise StageError(f"{path}: refused, it holds `{outside[0]}`, a type outside the "
                          f"trusted list of a cellfeat bundle; do not use this file")
     try:
-        bundle = sio.load(path, trusted=untrusted)
+        bundle = sio.loads(data, trusted=untrusted)
     except Exception as exc:
         raise StageError(f"{path}: could not be loaded ({type(exc).__name__}: {exc}); "
                          f"it may be truncated or tampered with: retrain it") from None
+    try:
+        _check_loaded(bundle)
+    except _Refused as exc:
+        raise StageError(f"{path}: refused, {exc}; do not use this file") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise StageError(f"{path}: not a cellfeat model bundle of format {BUNDLE_FORMAT}")
     made = bundle.get("cellfeat_version")
     if str(made).split(".")[:2] != cellfeat.__version__.split(".")[:2]:
         raise StageError(f"{path}: made by cellfeat {made}, this is {cellfeat.__version__}; "
                          f"retrain the model with this version")
-    meta = json.loads(bundle["meta_json"])
+    try:
+        meta = json.loads(bundle["meta_json"])
+    except (KeyError, TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or "pipeline" not in bundle:
+        raise StageError(f"{path}: not a cellfeat model bundle (no settings or no model in "
+                         f"it); retrain it")
     if feature_names is not None and list(meta.get("cell_features", [])) != list(feature_names):
         want, have = set(meta.get("cell_features", [])), set(feature_names)
         raise StageError(f"{path}: trained on a different feature set (missing here: "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.bundle import (ALLOWED_LOADERS, ALLOWED_TYPES, _nodes, audit_bundle,
+from pipelines.bundle import (ALLOWED_TYPES, TYPES_BY_LOADER, _nodes, audit_bundle,
                               load_bundle, save_bundle)
 from pipelines.io import StageError
 
@@ -63,30 +63,33 @@ def _one_epoch(pipe):
     return pipe
 
 
-def _types(path) -> set[str]:
+def _pairs(path) -> set[tuple[str, str]]:
     schema = json.loads(zipfile.ZipFile(path).read("schema.json"))
-    return {f"{n['__module__']}.{n['__class__']}" for n in _nodes(schema)}
+    return {(n["__loader__"], f"{n['__module__']}.{n['__class__']}") for n in _nodes(schema)}
+
+
+ALLOWED_PAIRS = {(loader, t) for loader, types in TYPES_BY_LOADER.items() for t in types}
 
 
 def test_every_candidate_bundle_holds_only_allowed_types(every_candidate):
     path, _, _ = every_candidate
-    audit_bundle(path)                       # raises on the first type off the list
-    assert _types(path) <= ALLOWED_TYPES
+    audit_bundle(path)                       # raises on the first node off the list
+    assert _pairs(path) <= ALLOWED_PAIRS
 
 
 def test_allow_list_is_derived_not_padded(every_candidate):
-    # every allowed type occurs in a bundle cellfeat writes (torch's types only with torch)
+    # every allowed (loader, type) occurs in a bundle cellfeat writes (torch's only with torch)
     from cellfeat.cnn import torch_available
 
     path, _, _ = every_candidate
-    unused = ALLOWED_TYPES - _types(path)
+    unused = ALLOWED_PAIRS - _pairs(path)
     if not torch_available():
-        unused -= {"cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding"}
+        unused = {(lo, t) for lo, t in unused if not t.startswith("cellfeat.cnn.")}
     assert not unused, f"allowed but never written: {sorted(unused)}"
 
 
 def test_allow_lists_name_classes_and_no_callable_loader():
-    assert not ALLOWED_LOADERS & CALLABLE_LOADERS
+    assert not set(TYPES_BY_LOADER) & CALLABLE_LOADERS
     for name in ALLOWED_TYPES:
         module, cls = name.rsplit(".", 1)
         try:
@@ -111,7 +114,7 @@ def test_loaded_bundle_predicts_exactly_as_fitted(every_candidate):
 
 
 def test_save_refuses_to_write_a_bundle_it_could_not_load(tmp_path):
-    with pytest.raises(StageError, match="not written.*builtins.len"):
+    with pytest.raises(StageError, match="not written, it holds `builtins.len`"):
         save_bundle(tmp_path / "m.skops", pipeline={"f": len}, meta={})
     assert not (tmp_path / "m.skops").exists()
 
@@ -255,3 +258,139 @@ def test_partial_of_a_harmless_function_is_refused_too(tmp_path):
     sio.dump({"format": 1, "pipeline": functools.partial(max, 1)}, tmp_path / "p.skops")
     with pytest.raises(StageError, match="functools.partial"):
         load_bundle(tmp_path / "p.skops")
+
+
+# --- files that pass a type check but attack what skops builds --------------------------
+
+def _object_bundle(path):
+    """A well-formed bundle whose pipeline is one plain estimator (an ObjectNode)."""
+    import skops.io as sio
+
+    from cellfeat.models import ClinicalFeatures
+
+    sio.dump({"format": 1, "cellfeat_version": "0.1.0", "meta_json": "{}",
+              "pipeline": ClinicalFeatures()}, path)
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("schema.json"))
+
+
+def _rewrite(path, schema, extra=()):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("schema.json", json.dumps(schema))
+        for name, data in extra:
+            zf.writestr(name, data)
+    return path
+
+
+def test_dunder_attribute_on_an_allowed_estimator_is_refused(tmp_path):
+    # __array_interface__ on an instance makes NumPy read memory the file chooses
+    import skops.io as sio
+
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    state = schema["content"]["pipeline"]["content"]
+    state["content"]["__array_interface__"] = _json("x", 990)
+    state["key_types"]["content"].append({"__class__": "str", "__module__": "builtins",
+                                          "__loader__": "TypeNode", "__id__": 989})
+    _rewrite(path, schema)
+    control = sio.load(path, trusted=sio.get_untrusted_types(file=path))["pipeline"]
+    assert "__array_interface__" in vars(control)           # plain skops sets it
+    with pytest.raises(StageError, match="attribute '__array_interface__'"):
+        load_bundle(path)
+
+
+def test_object_state_that_is_not_a_plain_dict_is_refused(tmp_path):
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    schema["content"]["pipeline"]["content"] = {
+        "__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+        "content": [_tuple(["__array_interface__", "x"], 991)], "__id__": 995}
+    with pytest.raises(StageError, match="is not a plain dict"):
+        load_bundle(_rewrite(path, schema))
+
+
+def test_one_id_naming_two_different_nodes_is_refused(tmp_path):
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    schema["content"]["meta_json"]["__id__"] = schema["content"]["format"]["__id__"]
+    with pytest.raises(StageError, match="names two different nodes"):
+        load_bundle(_rewrite(path, schema))
+
+
+def test_bare_reference_is_refused(tmp_path):
+    # skops resolves {"__id__": k} to an earlier node; chains of them made loading
+    # exponential in the file's depth
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    schema["content"]["extra"] = {"__id__": schema["content"]["format"]["__id__"]}
+    with pytest.raises(StageError, match="bare reference"):
+        load_bundle(_rewrite(path, schema))
+
+
+def test_two_files_under_one_name_are_refused(tmp_path):
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        _rewrite(path, schema, [("a.npy", b"1"), ("a.npy", b"2")])
+    with pytest.raises(StageError, match="two files under one name"):
+        load_bundle(path)
+
+
+def test_byte_arrays_beyond_the_cap_are_refused_before_they_are_read(tmp_path):
+    from pipelines.bundle import MAX_BYTEARRAY_BYTES
+
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    node = {"__class__": "bytearray", "__module__": "builtins", "__loader__": "BytearrayNode",
+            "file": "z.bin"}
+    schema["content"]["pipeline"] = {"__class__": "list", "__module__": "builtins",
+                                     "__loader__": "ListNode", "__id__": 996,
+                                     "content": [dict(node, __id__=997 + i) for i in range(4)]}
+    blob = bytes(MAX_BYTEARRAY_BYTES // 2)     # each fits, four together do not
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("schema.json", json.dumps(schema))
+        zf.writestr("z.bin", blob)
+    with pytest.raises(StageError, match="byte arrays add up"):
+        load_bundle(path)
+
+
+def test_meta_that_is_not_json_text_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "e.skops"
+    schema = _object_bundle(path)
+    schema["content"]["meta_json"] = {"__class__": "list", "__module__": "builtins",
+                                      "__loader__": "ListNode", "content": [], "__id__": 998}
+    with pytest.raises(StageError, match="no settings or no model"):
+        load_bundle(_rewrite(path, schema))
+
+
+def test_booster_without_a_parsed_model_is_refused():
+    # a LightGBM booster restored with no handle dereferences NULL in predict_proba
+    import lightgbm
+
+    from pipelines.bundle import _check_loaded, _Refused
+
+    empty = lightgbm.Booster.__new__(lightgbm.Booster)
+    empty._handle = None
+    with pytest.raises(_Refused, match="holds no parsed model"):
+        _check_loaded({"pipeline": empty})
+
+
+def test_the_file_is_read_once_so_a_swap_after_the_check_changes_nothing(tmp_path,
+                                                                      monkeypatch):
+    import shutil
+
+    import pipelines.bundle as bundle
+
+    good, evil, live = tmp_path / "good.skops", tmp_path / "evil.skops", tmp_path / "m.skops"
+    _object_bundle(good)
+    _craft(evil, _constructor_from_reduce(tmp_path / "pwned")[0])
+    shutil.copy(good, live)
+    real = bundle.audit_bundle
+
+    def audit_then_swap(*a, **kw):
+        real(*a, **kw)
+        shutil.copy(evil, live)                 # an attacker wins the race on disk here
+    monkeypatch.setattr(bundle, "audit_bundle", audit_then_swap)
+    pipeline, meta = bundle.load_bundle(live)
+    assert type(pipeline).__name__ == "ClinicalFeatures" and meta == {}
+    assert not (tmp_path / "pwned").exists()
