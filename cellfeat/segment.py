@@ -53,7 +53,8 @@ STATUSES = {
     "no_nucleus": "no stained component large enough near the centre",
     "touches_border": "the centred nucleus is cut by the image border",
     "several_candidates": "two large stained components compete for the centre",
-    "touching_nuclei": "the centred component is two nuclei touching (a waist between two cores)",
+    "touching_nuclei": "the centred component is two or more nuclei touching (a waist between "
+                       "two cores, or pale seams that split it into nucleus-sized pieces)",
     "multi_lobed": "two or more chromatin blobs, each a fifth to 0.8 of the nucleus, lie within "
                    "a few px of it inside the same cell: a segmented (multi-lobed) nucleus, "
                    "not a lymphocyte",
@@ -346,8 +347,9 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
             status = "several_candidates"
         # two touching round nuclei are far from convex (solidity ~0.9 at most): skip the
         # distance-transform test for the common, convex case
-        elif (cv2.contourArea(contour) < 0.93 * cv2.contourArea(hull_contour)
-              and _two_touching(nucleus_u8, contour)):
+        elif ((cv2.contourArea(contour) < 0.93 * cv2.contourArea(hull_contour)
+               and _two_touching(nucleus_u8, contour))
+              or _pale_seams(binary[wy0:wy1, wx0:wx1] & nucleus_u8)):
             status = "touching_nuclei"
     offset = np.array([x0, y0], np.int32)
     stained = labels[wy0:wy1, wx0:wx1]
@@ -390,6 +392,20 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
                         cell_contour=cell_contour.reshape(-1, 2) + offset,
                         red_cells=masks["red_cells"], window=(wx0, wy0, wx1, wy1),
                         colours=wc["colours"])
+
+
+def _pale_seams(stained: np.ndarray) -> bool:
+    # Nuclei pressed flat against each other (a clump of two or three lymphocytes) show no
+    # waist, but the thin pale seams between them stay below the threshold: the thresholded
+    # pixels of the filled nucleus, eroded by 2 px, fall apart into two or more pieces each
+    # at least a fifth of the nucleus. (A cleft or pale crease inside one nucleus leaves
+    # one large piece and small ones.)
+    area = cv2.countNonZero(stained)
+    if area == 0:
+        return False
+    core = cv2.erode(stained, _ELLIPSE5)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
+    return int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.2 * area)) >= 2
 
 
 def _two_touching(nucleus_u8: np.ndarray, contour: np.ndarray) -> bool:

@@ -374,3 +374,16 @@ def test_real_lymphocytes_against_expert_masks():
         cell.append((seg.cell & (mask > 0)).sum() / (seg.cell | (mask > 0)).sum())
     assert len(nuc) == 53
     assert np.median(cell) >= 0.90 and np.median(nuc) >= 0.92
+
+
+def test_nuclei_pressed_flat_are_touching_nuclei():
+    # a disc of radius 40 nearly cut in two by a 2 px pale seam: two half-discs pressed flat, no
+    # waist; the same seam stopping halfway is a crease in one nucleus
+    img = _smear(rbc_centres=())
+    cv2.circle(img, (112, 112), 40, CHROMATIN, -1)
+    clump = img.copy()
+    cv2.line(clump, (80, 112), (144, 112), PLASMA, 2)  # joined by 8 px at both ends
+    assert segment_nucleus(_u8(clump)).status == "touching_nuclei"
+    crease = img.copy()
+    cv2.line(crease, (112, 112), (154, 112), PLASMA, 2)
+    assert segment_nucleus(_u8(crease)).status == "ok"
