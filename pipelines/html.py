@@ -70,6 +70,17 @@ def _num(x, fmt=".2f") -> str:
         return str(x)
 
 
+def _pair(p, threshold) -> tuple[str, str]:
+    """P(tumoral) and its threshold with as many decimals as it takes to tell them apart
+    (0.849 against 0.850, not 0.85 against 0.85)."""
+    if _missing(p) or _missing(threshold):
+        return _num(p), _num(threshold)
+    for d in range(2, 7):
+        if round(p, d) != round(threshold, d):
+            break
+    return f"{p:.{d}f}", f"{threshold:.{max(d, 3)}f}"
+
+
 def _plt():
     import matplotlib
 
@@ -571,7 +582,9 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         if model is not None and route not in ("clinical", "none"):
             tiles, ranking_note = _ranked_tiles(model, X1, mine, files_of[pid], call, method, k)
         n_found, n_used = int(r["N_CELLS"]), int(r["N_CELLS_USED"])
+        p_text, thr_text = _pair(proba, thr)
         summary.append({"id": pid, "anchor": f"p{len(summary)}", "call": call, "proba": proba,
+                        "p_text": p_text, "thr_text": thr_text,
                         "threshold": thr, "triage": triage, "status": str(r["STATUS"]),
                         "n_used": n_used, "n_found": n_found})
         patients.append({**summary[-1], "model": route, "age": X1["AGE"].iloc[0],

@@ -276,6 +276,31 @@ def test_templates_escape_untrusted_text(scored):
     assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
+def test_patients_without_a_call_or_images_get_a_section(scored):
+    kw = dict(scored["kw"])
+    frame = kw["frame"].copy()
+    a, b = frame.index[:2]
+    frame.at[a, "CELLS"] = frame.at[a, "CELLS"].iloc[:0]           # no images: clinical only
+    frame.at[b, "CELLS"] = frame.at[b, "CELLS"].iloc[:0]
+    frame.loc[b, "LYMPH_COUNT"] = np.nan                             # and no count: no call
+    kw.update(frame=frame, pred=score_frame(kw["models"], frame))
+    ctx = score_report_context(**kw)
+    by_id = {p["id"]: p for p in ctx["patients"]}
+    assert by_id[a]["proba"] is not None and by_id[a]["tiles"] == []
+    assert by_id[b]["call"] == "no call" and by_id[b]["p_text"] == "—"
+    assert by_id[b]["clinical_fig"].startswith("data:image/svg+xml;base64,")  # age still placed
+    html = render("score.html.j2", **ctx)
+    assert html.count('<section class="patient"') == len(frame)
+
+
+def test_probability_and_threshold_are_told_apart():
+    from pipelines.html import _pair
+
+    # rounding both to 2 decimals would print "0.85 against 0.85" for a reactive call
+    assert _pair(0.8461, 0.8481) == ("0.846", "0.848")
+    assert _pair(0.97, 0.8481) == ("0.97", "0.848")
+
+
 def test_score_page_lists_every_patient_and_unusable_image(scored):
     html = scored["page"].read_text(encoding="utf-8")
     for pid in scored["ids"]:
