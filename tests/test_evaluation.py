@@ -29,6 +29,15 @@ class Column(ClassifierMixin, BaseEstimator):
         return self.model_.predict_proba(X[[self.col]].to_numpy())
 
 
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Hundreds of tiny fits: BLAS threads only fight each other (and other processes)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 LEAKS = []
 
 
@@ -182,7 +191,10 @@ def test_cohort_at_the_minimum_runs_four_levels_deep():
     need = min_class_size((3, 3, *cv_depth(["late-fusion"])))
     assert need == 12  # 3 -> 5 -> 8 -> 12, as in test_min_class_size_by_hand
     X, y = cell_frame(need)
-    cands = [("late-fusion", make_pipeline("late-fusion", calibrated=False))]
+    image = make_pipeline("meanstd-logreg", calibrated=False)
+    image.set_params(model__model__Cs=2)  # same depth, fewer C values: a faster test
+    late = make_pipeline("late-fusion", calibrated=False)
+    cands = [("late-fusion", late.set_params(features__image__estimator=image))]
     res = nested_cv(cands, X, y, folds=3, repeats=1, inner_folds=3)
     assert (res.pred["nested"] >= 0).all()
     X, y = X.iloc[1:], y[1:]
