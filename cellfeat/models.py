@@ -52,11 +52,14 @@ first-stage outputs, and at prediction time the first stage is the model refitte
 training patients. A refitted model has seen ~1.5x the patients of a fold model, so its
 outputs on new patients can be slightly more confident than the out-of-fold outputs the
 second stage was fitted to; the outer CV measures the whole construction, drift included.
-Checked for ``MILFeatures`` (MI-SVM, C = 0.1) on the 120 dev patients, 3 of 5 stratified
-folds: per class, the refitted SVM's features on held-out patients sit within 0.15 training
-SD of the out-of-fold training features (``MIL_Score_Max``: reactive −0.29 out of fold vs
-−0.41 held out, tumoral 0.50 vs 0.48), with a somewhat smaller spread held out; the two are
-on one scale, so stacking on out-of-fold scores and predicting with the refit is consistent.
+Checked for ``MILFeatures`` (MI-SVM, C = 0.1) on the 120 dev patients (feature set of
+commit 17d9b2e), 3 of 5 stratified folds, class means of the out-of-fold training features
+vs the refitted SVM's features on held-out patients: ``MIL_Score_Max`` reactive −0.29 vs
+−0.41, tumoral 0.50 vs 0.48 (training SD 0.85 / 1.08); ``MIL_Score_TopKMean`` −0.72 vs
+−0.79, −0.01 vs −0.02; ``MIL_Score_Mean`` shifts down for both classes (−1.75 vs −1.93,
+−1.32 vs −1.44; SD 0.33), a shared offset of up to half an SD that keeps the class gap
+(0.43 vs 0.50). So the refit is on the out-of-fold scale for the max and top-k scores and
+slightly offset for the mean score; the outer CV of the stacked candidate includes it.
 """
 
 from __future__ import annotations
