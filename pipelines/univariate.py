@@ -11,13 +11,17 @@ optimistic: a feature with no signal still scores above 0.5. Here the direction 
 learnt on the training patients of each fold (the side of 0.5 of the training AUC) and
 applied to the held-out patients; their scores are pooled over the folds of one repeat
 into one out-of-fold AUC, and the folds are repeated with other shuffles. So a feature
-without signal has an out-of-fold AUC around or below 0.5, and the spread over repeats
-shows how much of a value is the split. The report reads:
+without signal has an out-of-fold AUC around or below 0.5. When the direction never
+flips, the pooled AUC equals the in-sample one; how far it can be trusted shows in the
+spread of the AUC over the held-out folds (each about a fifth of the patients), which
+is what a new cohort of that size would see. The report reads:
 
 ``AUC_OOF``
-    mean over repeats of the out-of-fold AUC (orientation learnt in-fold), in [0, 1];
+    mean over repeats of the pooled out-of-fold AUC (orientation learnt in-fold), in
+    [0, 1];
 ``AUC_OOF_SD``, ``AUC_OOF_Q05``, ``AUC_OOF_Q95``
-    its standard deviation and 5/95 % quantiles over repeats;
+    standard deviation and 5/95 % quantiles of the AUC of each held-out fold, over all
+    folds and repeats;
 ``DIRECTION``
     ``"higher in tumoral"`` or ``"lower in tumoral"``, on all patients;
 ``DIRECTION_AGREEMENT``
@@ -128,7 +132,7 @@ def _one_feature(name, x, y, splits, min_patients) -> dict:
     sign_all = 1.0 if a_all >= 0.5 else -1.0
     row["DIRECTION"] = "higher in tumoral" if sign_all > 0 else "lower in tumoral"
     row["AUC_IN_SAMPLE"] = max(a_all, 1 - a_all)
-    aucs, agree = [], []
+    pooled, per_fold, agree = [], [], []
     for repeat in splits:
         score = np.full(len(y), np.nan)
         for tr, te in repeat:
@@ -137,12 +141,16 @@ def _one_feature(name, x, y, splits, min_patients) -> dict:
             sign = 1.0 if not np.isfinite(a) or a >= 0.5 else -1.0
             agree.append(sign == sign_all)
             score[te] = sign * x[te]
-        aucs.append(auc(score[ok], y[ok]))
-    aucs = np.asarray(aucs)
-    row.update(AUC_OOF=float(np.nanmean(aucs)), AUC_OOF_SD=float(np.nanstd(aucs)),
-               AUC_OOF_Q05=float(np.nanquantile(aucs, 0.05)),
-               AUC_OOF_Q95=float(np.nanquantile(aucs, 0.95)),
+            per_fold.append(auc(score[te], y[te]) if len(te) else np.nan)
+        pooled.append(auc(score[ok], y[ok]))
+    per_fold = np.asarray(per_fold, float)
+    per_fold = per_fold[np.isfinite(per_fold)]
+    row.update(AUC_OOF=float(np.nanmean(pooled)),
                DIRECTION_AGREEMENT=float(np.mean(agree)))
+    if len(per_fold):
+        row.update(AUC_OOF_SD=float(per_fold.std()),
+                   AUC_OOF_Q05=float(np.quantile(per_fold, 0.05)),
+                   AUC_OOF_Q95=float(np.quantile(per_fold, 0.95)))
     return row
 
 
