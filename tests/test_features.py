@@ -191,7 +191,8 @@ def test_colour_features_by_hand():
     assert f["Cytoplasm_Colour_OD_Basophilia"] == pytest.approx(expected_b, rel=1e-5)
     assert f["Cytoplasm_Colour_OD_NucleusDensityRatio"] == pytest.approx(od_c.sum() / od_n.sum(),
                                                                           rel=1e-5)
-    # flat colours: no spread, no texture, no granules, no nucleoli
+    # flat colours: no spread, no texture, no granules, no nucleoli (the smoothing stays
+    # within each region, so the nucleus's flat colour is not mixed with the cytoplasm's)
     assert f["Nucleus_Colour_OD_Heterogeneity"] == pytest.approx(0, abs=1e-6)
     assert f["Cytoplasm_Colour_OD_Heterogeneity"] == pytest.approx(0, abs=1e-6)
     assert f["Nucleus_Texture_GLCM_Contrast"] == 0 and f["Nucleus_Texture_GLCM_Energy"] == 1
@@ -276,13 +277,15 @@ def stripes_nucleus(width=4, side=40):
     return img, nucleus, cell
 
 
-def test_chromatin_at_two_scales():
+def test_chromatin_at_two_scales(monkeypatch):
     # 40x40 stripes 4 px wide, two levels (1 and 16): contrast = 225 x crossing pairs / pairs.
     # d=1: 0 deg 40x39 pairs, 40x9 cross; 45 and 135 deg 39x39, 39x9 cross each; 90 deg
     #      39x40, none -> 1062 / 6162.
     # d=4 (scikit-image offsets (0,4), (3,3), (4,0), (3,-3)): 0 deg 40x36, all cross;
     #      45/135 deg 37x37 pairs, a shift of 3 crosses for 27 of 37 columns -> 999 each;
     #      90 deg 36x40, none -> 3438 / 5618.
+    # (without the 0.8 px smoothing, which would blur the two levels into ramps)
+    monkeypatch.setattr(F, "TEXTURE_SIGMA", 0)
     img, nucleus, cell = stripes_nucleus()
     f = compute_features(img, make_seg(nucleus, cell))
     c1, c4 = 225 * 1062 / 6162, 225 * 3438 / 5618
