@@ -11,7 +11,27 @@ def test_breakdown_reports_every_step(synthetic_root):
         assert 0 < out[step] < 1000  # ms per image
 
 
-def test_segmentation_accuracy_table():
-    out = bench_segmentation(n_train=2)
-    for method in ("otsu", "kmeans"):
-        assert out[method]["iou_median"] > 0.9 and 0 < out[method]["ok_share"] <= 1
+def test_segmentation_accuracy_table(tmp_path):
+    out = bench_segmentation(n_train=2, n_hard=6, wbc=tmp_path / "absent")
+    assert set(out) == {"synthetic", "synthetic hard"}  # no wbc-tecom rows without the folder
+    for rows in out.values():
+        for method in ("otsu", "kmeans"):
+            r = rows[method]
+            assert r["nucleus_median"] > 0.9 and r["cell_median"] > 0.8
+            assert r["nucleus_p5"] <= r["nucleus_p10"] <= r["nucleus_median"]
+            assert 0 < r["ok_share"] <= 1
+
+
+def test_large_cell_gallery(synthetic_root, tmp_path):
+    import pandas as pd
+
+    from pipelines.bench import large_cell_gallery
+
+    c = load_cohort(synthetic_root)
+    rows = [{"ID": pid, "FILE": f.name, "QC_STATUS": "ok", "Cell_Shape_Area": float(i)}
+            for i, (pid, fs) in enumerate(c.images.items()) for f in fs[:1]]
+    pd.DataFrame(rows).to_parquet(tmp_path / "cells.parquet")
+    picked = large_cell_gallery(c, tmp_path / "cells.parquet", tmp_path / "g.png", n=4)
+    # the four rows with the largest areas, largest first
+    assert picked == [f"{r['ID']}/{r['FILE']}" for r in rows[::-1][:4]]
+    assert (tmp_path / "g.png").stat().st_size > 1000
