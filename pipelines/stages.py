@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 import cellfeat
-from cellfeat.data import Cohort, load_cohort
+from cellfeat.data import DEFAULT_REFERENCE_DATE, Cohort, load_cohort
 from cellfeat.extract import QC_COLUMN
 from cellfeat.features import FEATURE_NAMES
 
@@ -235,13 +235,17 @@ def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
     n_cells = frame["CELLS"].map(len)
     n_used = frame["CELLS"].map(lambda c: int((c[QC_COLUMN] == "ok").sum()) if len(c) else 0)
     missing = frame[list(clinical_cols)].isna()
+    # every candidate imputes what is missing with training medians; an unknown gender is
+    # one input among several and does not justify dropping the clinical data, whereas a
+    # missing age or count is what the clinical and main models lean on most
+    required = [c for c in clinical_cols if c != "GENDER"]
     out = pd.DataFrame({"ID": frame.index, "LABEL": pd.array([pd.NA] * len(frame), "Int64"),
                         "PROBA": np.nan, "THRESHOLD": np.nan, "TRIAGE": "",
                         "N_CELLS": n_cells.to_numpy(),
                         "N_CELLS_USED": n_used.to_numpy(), "STATUS": "", "MODEL": ""})
     out.index = frame.index
     has_img = n_used > 0
-    has_clin = ~missing.any(axis=1)
+    has_clin = ~missing[required].any(axis=1)
     route = pd.Series("none", index=frame.index)
     route[has_img & has_clin] = "main"
     route[has_img & ~has_clin] = "image"
@@ -261,15 +265,15 @@ def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
         out.loc[idx, "MODEL"] = key if key != "main" else "main"
     for pid in frame.index:
         why = []
-        if missing.loc[pid].any():
-            why.append("missing " + "/".join(c for c in clinical_cols if missing.loc[pid, c]))
+        if missing.loc[pid, required].any():
+            why.append("missing " + "/".join(c for c in required if missing.loc[pid, c]))
         if n_cells[pid] == 0:
             why.append("no images")
         elif n_used[pid] == 0:
             why.append(f"no usable cells of {n_cells[pid]}")
         r = route[pid]
         if r == "main":
-            status = "ok"
+            status = "ok: gender unknown, imputed" if missing.loc[pid, "GENDER"] else "ok"
         elif r == "none":
             status = "no call: " + "; ".join(why)
         else:
@@ -282,24 +286,40 @@ def stage_score(args):
     from .bundle import load_bundle
     from .plots import patient_montages
 
-    cohort = _load(args)
+    # the model first: a refused bundle stops the run before any image is read, and it
+    # says at which date the training ages were computed
     models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
-    if meta.get("reference_date") != cohort.reference_date:
-        _log(f"  note: ages computed at {cohort.reference_date}; the model was trained with "
-             f"{meta.get('reference_date')} (pass --reference-date to match)")
-    feat_dir = _features(args, cohort)
-    frame = _cohort_frame(cohort, feat_dir)
-    if not args.all:
-        frame = frame[frame["LABEL"].isna()]
-    if frame.empty:
+    trained_at = meta.get("reference_date")
+    if args.reference_date is None:
+        args.reference_date = trained_at or DEFAULT_REFERENCE_DATE
+        _log(f"ages computed at {args.reference_date}, the model's reference date (stored "
+             f"in {args.model}); pass --reference-date to change it")
+    elif args.reference_date != trained_at:
+        _log(f"  note: ages computed at {args.reference_date}; the model was trained with "
+             f"ages at {trained_at}")
+    cohort = _load(args)
+    ids = cohort.clinical.index if args.all else cohort.unlabelled
+    if not len(ids):
         raise StageError(f"{args.data}: no patient with an unknown label to score "
                          f"(use --all to score labelled patients too)")
+    cohort = cohort.subset(ids)          # features only for the patients scored
+    late = cohort.issues[cohort.issues["kind"] == "dob_after_reference"]
+    if len(late):
+        _log(f"  warning: {len(late)} patient(s) born after {args.reference_date}, the date "
+             f"at which ages are computed (e.g. {late['patient'].iloc[0]}): their age is "
+             f"unknown and they are scored without it. If this cohort was sampled years after "
+             f"{args.reference_date}, every age is off by as much: pass --reference-date")
+    feat_dir = _features(args, cohort)
+    frame = _cohort_frame(cohort, feat_dir)
     pred = score_frame(models, frame)
     out = Path(args.out)
     write_csv(out, pred, index=False, float_format="%.6f")
-    sub = pred[pred["LABEL"].notna()][["ID", "LABEL"]].rename(
-        columns={"ID": "Id", "LABEL": "Predicted"})
+    # every scored patient has a row; -1 marks a patient without a call (see STATUS in OUT)
+    sub = pd.DataFrame({"Id": pred["ID"], "Predicted": pred["LABEL"].fillna(-1).astype(int)})
     write_csv(out.with_name(out.stem + "_submission.csv"), sub, index=False)
+    for _, r in pred[pred["LABEL"].isna()].iterrows():
+        _log(f"  no call for {r['ID']} ({r['STATUS'].split(': ', 1)[-1]}): Predicted = -1 "
+             f"in {out.stem}_submission.csv")
     mont_dir = out.with_name(out.stem + "_montages")
     patient_montages(cohort, frame, models["explainer"], pred, mont_dir,
                      method=meta["feature_settings"]["method"])

@@ -173,10 +173,10 @@ def test_bundle_refuses_tampering(trained, tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "c.csv").write_text("ID,LABEL,GENDER,DOB,LYMPH_COUNT\n../x,1,M,1/1/1950,5\n")
-    assert main(["features", str(tmp_path)]) == 2
+    assert main(["features", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'../x' is not a plain folder name" in err[0]
-    assert main(["score", str(tmp_path / "nowhere")]) == 2
+    assert main(["score", str(tmp_path / "nowhere")]) == 1
 
 
 def test_help_answers(capsys):
@@ -254,3 +254,94 @@ def test_score_all_lists_every_clinical_row_once(synthetic_root, trained, tmp_pa
     pred = pd.read_csv(out)
     assert sorted(pred["ID"]) == sorted(load_cohort(synthetic_root).clinical.index)
     assert pred["STATUS"].notna().all()
+
+
+# --- score: who is scored, with which ages, and what the submission says ----------------
+
+@pytest.fixture
+def altered(synthetic_root, tmp_path):
+    """A copy of the synthetic cohort whose test CSV is rewritten by ``edit(rows)``."""
+    root = tmp_path / "cohort"
+    shutil.copytree(synthetic_root, root)
+    csv = root / "testset" / "testset_data.csv"
+
+    def edit(fn):
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        fn(df)
+        df.to_csv(csv, index=False)
+        return root, df
+    return edit
+
+
+def _score(root, trained, out, *extra):
+    return main(["--quiet", "score", str(root), "--features", str(out.parent / "f"),
+                 "--model", str(trained / "m.skops"), "--jobs", "1", "--out", str(out), *extra])
+
+
+def test_score_computes_features_only_for_the_patients_it_scores(synthetic_root, trained,
+                                                                   tmp_path):
+    assert _score(synthetic_root, trained, tmp_path / "p.csv") == 0
+    scored = set(load_cohort(synthetic_root).unlabelled)
+    assert set(pd.read_parquet(tmp_path / "f" / "cells.parquet")["ID"]) == scored
+    assert set(pd.read_csv(tmp_path / "f" / "qc.csv")["ID"]) == scored
+
+
+def test_submission_lists_every_scored_patient_and_says_which_have_no_call(
+        altered, trained, tmp_path, capsys):
+    def no_call(df):  # no images and no count: neither the clinical nor the image model
+        df.loc[0, "LYMPH_COUNT"] = ""
+    root, df = altered(no_call)
+    pid = df.loc[0, "ID"]
+    shutil.rmtree(root / "testset" / pid)
+    (root / "testset" / pid).mkdir()
+    assert _score(root, trained, tmp_path / "p.csv") == 0
+    sub = pd.read_csv(tmp_path / "p_submission.csv")
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert sorted(sub["Id"]) == sorted(df["ID"]) == sorted(pred["ID"])
+    row = sub.set_index("Id").loc[pid]
+    assert row["Predicted"] == -1
+    assert pred.set_index("ID").loc[pid, "STATUS"].startswith("no call")
+    assert set(sub.set_index("Id").drop(index=pid)["Predicted"]) <= {0, 1}
+    assert f"no call for {pid}" in capsys.readouterr().err
+
+
+def test_unknown_gender_keeps_the_main_model(synthetic_root, trained):
+    from cellfeat.models import cohort_frame
+    from pipelines.bundle import load_bundle
+    from pipelines.stages import score_frame
+
+    models, _ = load_bundle(trained / "m.skops")
+    cells = pd.read_parquet(trained / "f" / "cells.parquet")
+    cohort = load_cohort(synthetic_root)
+    frame = cohort_frame(cohort.clinical, cells).loc[cohort.labelled[:2]].copy()
+    frame["GENDER"] = pd.array([pd.NA, "F"], dtype=object)
+    out = score_frame(models, frame)
+    assert out["MODEL"].tolist() == ["main", "main"]
+    assert out["STATUS"].tolist() == ["ok: gender unknown, imputed", "ok"]
+    assert out["PROBA"].between(0, 1).all()
+
+
+def test_score_takes_the_reference_date_from_the_bundle(synthetic_root, trained, tmp_path,
+                                                        capsys):
+    from pipelines.bundle import load_bundle, save_bundle
+
+    models, meta = load_bundle(trained / "m.skops")
+    save_bundle(tmp_path / "old.skops", pipeline=models,
+                meta={**meta, "reference_date": "2001-06-30"})
+    capsys.readouterr()
+    assert main(["--quiet", "score", str(synthetic_root), "--features", str(tmp_path / "f"),
+                 "--model", str(tmp_path / "old.skops"), "--jobs", "1",
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "ages computed at 2001-06-30, the model's reference date" in err
+
+
+def test_score_warns_when_dobs_are_past_the_reference_date(altered, trained, tmp_path, capsys):
+    def born_late(df):
+        df.loc[0, "DOB"] = "3/14/2023"
+    root, df = altered(born_late)
+    assert _score(root, trained, tmp_path / "p.csv") == 0
+    err = capsys.readouterr().err
+    assert "1 patient(s) born after 2020-01-01" in err and df.loc[0, "ID"] in err
+    pred = pd.read_csv(tmp_path / "p.csv").set_index("ID")
+    assert pred.loc[df.loc[0, "ID"], "STATUS"] == "image only: missing AGE"
