@@ -122,12 +122,13 @@ GLCM_RANGE_TAIL = 0.01
 #: scales); the cytoplasm uses 1 only.
 GLCM_DISTANCES = (1, 4)
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 7
+FEATURES_REVISION = 8
 FEATURES_CHANGELOG = {
+    8: "GLCM and OD heterogeneity read the density smoothed within each region (Gaussian "
+       "0.8 px), committed after 7 in the same session: caches of 7 are recomputed.",
     7: "Texture, heterogeneity, granularity and nucleoli read the green-channel optical "
        "density in linear light (sRGB-decoded) instead of ln(G + 1); GLCM levels span the "
-       "region's 1-99 % range instead of min-max; GLCM and heterogeneity read the density "
-       "smoothed within the region (Gaussian 0.8 px, JPEG robustness). Same names as 6 (6 was committed earlier "
+       "region's 1-99 % range instead of min-max. Same names as 6 (6 was committed earlier "
        "in the same session; caches of it are recomputed).",
     6: "Colour normalised by construction (issue 14) and whole-cell features (issue 12). "
        "Segmentation changed (cellfeat.segment: per-image colour model, whole-cell mask). "
