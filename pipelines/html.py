@@ -174,9 +174,17 @@ def gloss(name: str) -> str:
             return f"{obj} colour ({space} {ch}) relative to the image"
         if kind == "StdRatio":
             return f"{obj} colour variation ({space} {ch}) relative to the image"
-        return f"{obj} colour ({space} {ch}, mean value)"
+        if kind == "RelRBC":
+            return f"{obj} colour ({space} {ch}) relative to the red cells"
+        if kind == "Mean":
+            return f"{obj} colour ({space} {ch}, mean value)"
+        return f"{obj} colour ({space} {ch}, {kind})"
     measure = _MEASURES.get(parts[-1])
-    return f"{obj} {measure}" if measure else ""
+    if measure:
+        return f"{obj} {measure}"
+    # a feature newer than this glossary: its name's words, so the reader still gets words
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", " ".join(parts[1:])).lower()
+    return f"{obj}: {words}"
 
 
 # --------------------------------------------------------------------------- training reference

@@ -198,6 +198,9 @@ def test_gloss_reads_registry_names():
         "90th percentile over cells of nuclear indentations colour (LAB L) relative to the image"
     assert gloss("Clinical_LogLymphCount") == "lymphocyte count (log of 10⁹/L)"
     assert gloss("Something_Unknown") == ""
+    # a registry name the glossary does not know yet still reads as words
+    assert gloss("Bag_Std_Cell_Shape_EquivalentDiameter") == \
+        "cell-to-cell SD of whole cell: shape equivalent diameter"
 
 
 def test_contributions_add_up_to_the_shown_probability(scored):
