@@ -179,12 +179,23 @@ def test_shift_keeps_nucleus_masks(cells, shift):
     assert not bad, f"cells whose nucleus moved under {shift.name}: {bad}"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the best-effort cell mask (cytoplasm) is found by colour, and some shifts move it: one "
-    "synthetic cell in 16 falls to IoU 0.79-0.95 under some stain and JPEG shifts, and on "
-    "dlmi Cell_Shape_NucleusAreaRatio's bag mean moves 0.7-1.5 cell SDs under the panel "
-    "(cellfeat.segment, issue 12)"))
-@pytest.mark.parametrize("shift", SHIFTS, ids=lambda s: s.name)
+def _cell_mask_params():
+    # Measured with the whole-cell colour model of cellfeat.segment (issue 12): every shift
+    # of the panel but JPEG keeps all 16 cell masks. Strict xfail where it does not, so a
+    # mark goes the day its case passes.
+    jpeg = ("JPEG re-encoding smears the pale cytoplasm's colour at its edge: one synthetic "
+            "cell in 16 falls below IoU 0.95")
+    draw = ("this random draw (gains 0.97/1.01/0.95, gamma 0.93, stain 0.92, blue +0.09) moves "
+            "one synthetic cell in 16 to IoU 0.79: the cytoplasm/plasma split is colour-based")
+    out = []
+    for s in SHIFTS:
+        why = jpeg if _kind(s) == "jpeg" else draw if s.name == "random-3112ec61" else None
+        marks = [pytest.mark.xfail(reason=why, strict=True)] if why else []
+        out.append(pytest.param(s, id=s.name, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("shift", _cell_mask_params())
 def test_shift_keeps_cell_masks(cells, shift):
     from cellfeat.segment import segment_nucleus
 
