@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .segment import _check_image as _check  # one definition of a valid RGB image
+
 __all__ = ["white_balance", "gamma", "scale_optical_density", "stain_strength",
            "stain_balance", "jpeg", "illumination", "srgb_to_linear", "linear_to_srgb",
            "ColourShift", "SHIFT_PANEL", "RANDOM_RANGES", "random_shift"]
@@ -39,14 +41,6 @@ _LEVELS = np.arange(256, dtype=np.float64)
 #: Linear transmittance below which optical density is capped (OD ≤ 3): a pixel this dark
 #: is saturated by the camera anyway, and the cap keeps log(0) out.
 MIN_TRANSMITTANCE = 1e-3
-
-
-def _check(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 array of shape (H, W, 3), got "
-                         f"{image.dtype} {image.shape}")
-    return image
 
 
 def _apply_luts(image: np.ndarray, luts: np.ndarray) -> np.ndarray:
