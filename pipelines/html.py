@@ -130,10 +130,19 @@ _MEASURES = {
     "Convexity": "convexity (1 = smooth outline)", "Circularity": "outline irregularity (1 = round)",
     "MajorAxisLength": "length", "MinorAxisLength": "width", "Eccentricity": "elongation",
     "BoundaryIrregularity": "boundary irregularity", "NucleusAreaRatio": "nucleus share of the cell",
-    "RimThickness": "cytoplasm rim thickness", "Contrast": "texture contrast",
+    "Contrast": "texture contrast",
     "Homogeneity": "texture smoothness", "Energy": "texture uniformity",
     "Entropy": "texture disorder", "Correlation": "texture regularity",
-    "Granularity": "chromatin granularity",
+    "Granularity": "granularity (fine dark spots)",
+    # features revision 8 (issue 12)
+    "EquivalentDiameter": "diameter", "NucleusOffset": "off-centre nucleus",
+    "RedCellIndentation": "dents made by neighbouring red cells",
+    "RimWidthMean": "cytoplasm rim width", "RimWidthStd": "unevenness of the cytoplasm rim",
+    "Basophilia": "blueness (basophilia) against the red cells",
+    "NucleusDensityRatio": "stain density relative to the nucleus",
+    "Heterogeneity": "unevenness of the stain", "ClumpingIndex": "chromatin clumping",
+    "GranuleFraction": "share covered by granules", "NucleolusCount": "number of nucleoli",
+    "NucleolusAreaFraction": "share of the nucleus taken by nucleoli",
 }
 _NAMED = {
     "Clinical_Age": "age in years",
@@ -182,6 +191,8 @@ def gloss(name: str) -> str:
     measure = _MEASURES.get(parts[-1])
     if measure:
         return f"{obj} {measure}"
+    if parts[-1] == "D4" and _MEASURES.get(parts[-2]):  # the same texture, 4 px apart
+        return f"{obj} {_MEASURES[parts[-2]]} at a coarser scale (4 px)"
     # a feature newer than this glossary: its name's words, so the reader still gets words
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", " ".join(parts[1:])).lower()
     return f"{obj}: {words}"

@@ -60,7 +60,7 @@ def _feature_code():
 
 
 def family(name: str) -> str:
-    """``Nucleus_Colour_LAB_L_MeanRatio`` -> ``Colour``."""
+    """``Cytoplasm_Colour_OD_Basophilia`` -> ``Colour``."""
     parts = name.split("_")
     return parts[1] if len(parts) > 2 else "Other"
 

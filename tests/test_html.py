@@ -198,9 +198,19 @@ def test_gloss_reads_registry_names():
         "90th percentile over cells of nuclear indentations colour (LAB L) relative to the image"
     assert gloss("Clinical_LogLymphCount") == "lymphocyte count (log of 10⁹/L)"
     assert gloss("Something_Unknown") == ""
-    # a registry name the glossary does not know yet still reads as words
     assert gloss("Bag_Std_Cell_Shape_EquivalentDiameter") == \
-        "cell-to-cell SD of whole cell: shape equivalent diameter"
+        "cell-to-cell SD of whole cell diameter"
+    assert gloss("Nucleus_Texture_GLCM_Contrast_D4") == \
+        "nucleus texture contrast at a coarser scale (4 px)"
+    # a registry name the glossary does not know yet still reads as words
+    assert gloss("Cell_Shape_SomethingNew") == "whole cell: shape something new"
+
+
+def test_gloss_has_plain_words_for_every_registry_feature():
+    from cellfeat.features import FEATURE_NAMES
+
+    fallback = [n for n in FEATURE_NAMES if ":" in gloss(n)]
+    assert not fallback, f"features read only as their name's words: {fallback}"
 
 
 def test_contributions_add_up_to_the_shown_probability(scored):
