@@ -103,6 +103,19 @@ def test_train_writes_bundle_and_report(trained):
         assert (trained / "report" / f).exists()
 
 
+def test_train_report_has_the_univariate_signal_of_every_feature(trained):
+    # issue 12: each cell feature's patient mean and SD, plus the bag features, in the table
+    from cellfeat.features import FEATURE_NAMES
+
+    uni = pd.read_csv(trained / "report" / "univariate_auc.csv")
+    want = {f"Bag_{s}_{f}" for f in FEATURE_NAMES for s in ("Mean", "Std")}
+    assert want <= set(uni["FEATURE"])
+    assert uni["AUC_OOF"].dropna().between(0, 1).all()
+    readme = (trained / "report" / "README.md").read_text()
+    assert "## Which features carry signal on their own?" in readme
+    assert "`Bag_Mean_Cell_Shape_Area`" in readme
+
+
 def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
     args = ["--quiet", "score", str(synthetic_root), "--features", str(trained / "f"),
             "--model", str(trained / "m.skops"), "--jobs", "1"]
