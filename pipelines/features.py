@@ -30,14 +30,15 @@ __all__ = ["run_features", "FeatureSettings", "CELL_COLUMNS", "PIXEL_SCORE"]
 
 def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = FeatureSettings(),
                  n_jobs: int = -1, progress: bool = True, gallery: bool = True,
-                 client=None, dask_mode: str = "shared") -> dict:
+                 client=None, dask_mode: str = "shared", cache_dir=None) -> dict:
     """Run the features stage over every patient folder of ``cohort``.
 
     Writes ``cells.parquet``, ``patients.parquet``, ``qc.csv``, ``issues.csv``,
     ``settings.json``, ``gallery.png`` and ``crops/<ID>.npy`` (nucleus-centred crops, one per
     cell row, zeros where QC failed) under ``out_dir``; returns counts. With a Dask
     ``client`` the per-patient tasks run on its cluster (see :mod:`pipelines.cluster`);
-    otherwise on ``n_jobs`` local processes.
+    otherwise on ``n_jobs`` local processes. ``cache_dir`` (default ``out_dir/cache``) holds
+    the per-patient results by content, so several output folders can share one.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -45,7 +46,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    cache_dir = out_dir / "cache"
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     patients = [(pid, files) for pid, files in cohort.images.items() if files]
     n_images = sum(len(f) for _, f in patients)

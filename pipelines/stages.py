@@ -47,8 +47,11 @@ def _load(args) -> Cohort:
     return cohort
 
 
-def _features(args, cohort: Cohort) -> Path:
-    out = _features_dir(args)
+def _features(args, cohort: Cohort, sub: str | None = None) -> Path:
+    """Run the features stage into the feature folder (or its ``sub`` folder, sharing the
+    folder's per-patient cache) and return where the tables are."""
+    base = _features_dir(args)
+    out = base / sub if sub else base
     settings = FeatureSettings(method=args.method)
     client = None
     if getattr(args, "scheduler", None):
@@ -61,7 +64,8 @@ def _features(args, cohort: Cohort) -> Path:
     try:
         res = run_features(cohort, out, settings=settings, n_jobs=args.jobs,
                            progress=not args.quiet, client=client,
-                           dask_mode=getattr(args, "dask_mode", "shared"))
+                           dask_mode=getattr(args, "dask_mode", "shared"),
+                           cache_dir=base / "cache")
     finally:
         if client is not None:
             client.close()
@@ -309,7 +313,9 @@ def stage_score(args):
              f"at which ages are computed (e.g. {late['patient'].iloc[0]}): their age is "
              f"unknown and they are scored without it. If this cohort was sampled years after "
              f"{args.reference_date}, every age is off by as much: pass --reference-date")
-    feat_dir = _features(args, cohort)
+    # the scored patients' tables go beside the training ones, not over them; the
+    # per-patient cache is shared, so a patient seen at training is not recomputed
+    feat_dir = _features(args, cohort, sub="scored")
     frame = _cohort_frame(cohort, feat_dir)
     pred = score_frame(models, frame)
     out = Path(args.out)

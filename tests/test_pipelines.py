@@ -293,10 +293,15 @@ def _score(root, trained, out, *extra):
 
 def test_score_computes_features_only_for_the_patients_it_scores(synthetic_root, trained,
                                                                    tmp_path):
+    feat = tmp_path / "f"
+    shutil.copytree(trained / "f", feat)              # the training run's feature folder
+    before = (feat / "cells.parquet").read_bytes()
     assert _score(synthetic_root, trained, tmp_path / "p.csv") == 0
     scored = set(load_cohort(synthetic_root).unlabelled)
-    assert set(pd.read_parquet(tmp_path / "f" / "cells.parquet")["ID"]) == scored
-    assert set(pd.read_csv(tmp_path / "f" / "qc.csv")["ID"]) == scored
+    assert set(pd.read_parquet(feat / "scored" / "cells.parquet")["ID"]) == scored
+    assert set(pd.read_csv(feat / "scored" / "qc.csv")["ID"]) == scored
+    assert (feat / "cells.parquet").read_bytes() == before   # training tables untouched
+    assert not (feat / "scored" / "cache").exists()          # one cache, shared
 
 
 def test_submission_lists_every_scored_patient_and_says_which_have_no_call(
