@@ -98,20 +98,22 @@ class _Refused(Exception):
     """What is wrong with a bundle, in words that follow "<path>: refused, ..."."""
 
 
-def _nodes(tree):
-    """Every skops node of a parsed ``schema.json``, depth first, in file order.
-
-    Any JSON object with a ``__loader__`` key counts, wherever it sits, so nothing skops
-    would build can hide from the check in an unexpected field."""
+def _objects(tree):
+    """Every JSON object of a parsed ``schema.json``, depth first, in file order."""
     stack = [tree]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if "__loader__" in item:
-                yield item
+            yield item
             stack.extend(reversed(list(item.values())))
         elif isinstance(item, list):
             stack.extend(reversed(item))
+
+
+def _nodes(tree):
+    """Every skops node of a parsed ``schema.json``: any JSON object with a ``__loader__``
+    key, wherever it sits, so nothing skops would build can hide in an unexpected field."""
+    return (item for item in _objects(tree) if "__loader__" in item)
 
 
 def _unique_keys(pairs):
@@ -187,18 +189,10 @@ def _audit(data: bytes) -> None:
                          f"truncated or tampered with: retrain it") from None
     seen: dict[int, str] = {}
     read = read_bytearrays = count = 0
-    stack = [schema]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-            continue
-        if not isinstance(item, dict):
-            continue
+    for item in _objects(schema):
         count += 1
         if count > MAX_NODES:
             raise _Refused("its schema has more nodes than any cellfeat bundle's")
-        stack.extend(reversed(list(item.values())))
         if "__loader__" not in item:
             if "__id__" in item:
                 raise _Refused("it holds a bare reference, which skops never writes")
