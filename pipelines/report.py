@@ -235,11 +235,11 @@ def feature_signal(X: pd.DataFrame, y, *, folds=5, repeats=5, seed=0) -> pd.Data
     cohort frame: mean and SD of each cell feature over the usable cells, and the bag
     features (pixel dispersion) the frame carries."""
     from cellfeat.heterogeneity import PIXEL_SCORE
+    from cellfeat.models import _long_cells
 
     from .univariate import patient_table, univariate_auc
 
-    parts = [c.assign(ID=pid) for pid, c in zip(X.index, X["CELLS"]) if len(c)]
-    cells = pd.concat(parts, ignore_index=True)
+    cells = _long_cells(X)
     bag = X[[PIXEL_SCORE]] if PIXEL_SCORE in X else None
     table = patient_table(cells, bag_features=bag).reindex(X.index)
     return univariate_auc(table, pd.Series(np.asarray(y), index=X.index), folds=folds,
