@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cnn,dask]' 2>&1 | $(QUIET_PIP)
 	@touch $@
 
-.PHONY: help install demo test features train score bench synthetic clean
+.PHONY: help install demo test test-quick features train score bench synthetic clean
 
 help: ## list the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,8 +33,12 @@ install: $(STAMP) ## create .venv and install cellfeat with its extras (idempote
 demo: $(STAMP) ## synthetic cohort -> features -> train -> score; prints the CV balanced accuracy
 	$(BIN)/cellfeat demo $(ARGS)
 
-test: $(STAMP) ## run the test suite (what CI runs)
+test: $(STAMP) ## run the whole test suite (what CI runs: .ci/run; about 7 minutes on 2 cores)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+QUICK := not slow and not browser and not realdata and not estimator_checks
+test-quick: $(STAMP) ## the edit-loop tier: unit tests on synthetic data, no browser, no estimator checks (< 90 s)
+	$(BIN)/python -m pytest -q -m "$(QUICK)" $(ARGS)
 
 synthetic: build/synthetic/.synthetic ## write the built-in synthetic cohort to build/synthetic
 

@@ -1,4 +1,4 @@
-"""Patient-level evaluation: nested CV of the selection rule, paired gains, calibration, triage.
+"""Patient-level evaluation: nested CV of the selection rule, paired gains, triage figures.
 
 The procedure evaluated is :class:`cellfeat.models.ModelChoice`, the same estimator the
 ``train`` stage fits on all training patients and saves. In each outer fold of a repeated
@@ -21,67 +21,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from .models.candidates import cv_depth
+from .models.selection import ModelChoice
+
 __all__ = ["CVResult", "nested_cv", "binary_metrics", "bootstrap_ci", "paired_delta",
-           "platt_fit", "platt_apply", "triage_threshold", "triage_curve", "reliability",
+           "triage_curve", "reliability",
            "min_class_size", "check_cohort_size"]
 
 
-# --- calibration and thresholds -------------------------------------------------------------
-
-def platt_fit(scores, y) -> tuple[float, float]:
-    """Platt scaling: (a, b) with P(y=1 | s) = 1 / (1 + exp(-(a s + b))).
-
-    Maximum likelihood with Platt's smoothed targets t+ = (N+ + 1)/(N+ + 2) and
-    t- = 1/(N- + 2) (Platt 1999, "Probabilistic outputs for support vector machines"),
-    which keeps (a, b) finite when the scores separate the classes.
-    """
-    s, y = np.asarray(scores, float), np.asarray(y).astype(int)
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-
-    def nll(w):
-        z = w[0] * s + w[1]
-        # log(1 + e^z) - t z, written stably
-        return float(np.mean(np.logaddexp(0, z) - t * z))
-
-    def grad(w):
-        p = 1 / (1 + np.exp(-(w[0] * s + w[1])))
-        return np.array([np.mean((p - t) * s), np.mean(p - t)])
-
-    prior = np.log((n_pos + 1) / (n_neg + 1))
-    w = minimize(nll, np.array([1.0, prior]), jac=grad, method="L-BFGS-B").x
-    return float(w[0]), float(w[1])
-
-
-def platt_apply(ab, scores) -> np.ndarray:
-    a, b = ab
-    return 1 / (1 + np.exp(-(a * np.asarray(scores, float) + b)))
-
-
-def triage_threshold(y, proba, target_sensitivity: float) -> float:
-    """Highest threshold t with share(proba ≥ t | tumoral) ≥ ``target_sensitivity``.
-
-    With the tumoral probabilities sorted ascending q_0 ≤ … ≤ q_{n-1}, at most
-    m = ⌊n (1 − S)⌋ of them may fall below t, so t = q_m.
-
-    Examples
-    --------
-    >>> triage_threshold([1, 1, 1, 1, 0], [0.2, 0.5, 0.7, 0.9, 0.1], 0.75)
-    0.5
-    """
-    y, p = np.asarray(y).astype(int), np.asarray(proba, float)
-    if not 0 < target_sensitivity <= 1:
-        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
-    q = np.sort(p[y == 1])
-    if not len(q):
-        raise ValueError("no tumoral patient to set a triage threshold on")
-    m = int(np.floor(len(q) * (1 - target_sensitivity) + 1e-9))
-    return float(q[m])
-
+# --- triage and calibration figures (the thresholds themselves: cellfeat.decision) -----
 
 def triage_curve(y, proba) -> pd.DataFrame:
     """For every threshold: share of tumoral patients sent to cytometry (sensitivity) and
@@ -293,8 +244,6 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, folds: int = 5,
         Called with no argument after each finished outer fold, for progress.
     """
     from joblib import Parallel, delayed
-
-    from .models import ModelChoice, cv_depth
 
     cands = list(candidates.items()) if isinstance(candidates, dict) else list(candidates)
     y = np.asarray(y).astype(int)

@@ -1,7 +1,7 @@
-"""pipelines.bench: the measuring helpers run and return sane figures on synthetic data."""
+"""pipelines.bench.speed: the measuring helpers run and return sane figures on synthetic data."""
 
 from cellfeat.data import load_cohort
-from pipelines.bench import bench_breakdown, bench_segmentation
+from pipelines.bench.speed import bench_breakdown, bench_segmentation
 
 
 def test_breakdown_reports_every_step(synthetic_root):
@@ -25,7 +25,7 @@ def test_segmentation_accuracy_table(tmp_path):
 def test_large_cell_gallery(synthetic_root, tmp_path):
     import pandas as pd
 
-    from pipelines.bench import large_cell_gallery
+    from pipelines.bench.speed import large_cell_gallery
 
     c = load_cohort(synthetic_root)
     rows = [{"ID": pid, "FILE": f.name, "QC_STATUS": "ok", "Cell_Shape_Area": float(i)}

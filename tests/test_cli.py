@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipelines import cli
-from pipelines.cli import EXIT_BUG, EXIT_STAGE_ERROR, EXIT_USAGE, build_parser, main
+from pipelines.run import cli
+from pipelines.run.cli import EXIT_BUG, EXIT_STAGE_ERROR, EXIT_USAGE, build_parser, main
 
 
 @pytest.mark.parametrize("argv", [["--debug", "--quiet", "train", "d"],
@@ -43,7 +43,7 @@ def test_stage_error_exits_1_in_one_line(tmp_path, capsys):
 
 
 def test_unexpected_error_exits_3_and_asks_for_debug(monkeypatch, capsys):
-    from pipelines import stages
+    from pipelines.run import stages
 
     def broken(args):
         raise ZeroDivisionError("boom")

@@ -1,4 +1,4 @@
-"""pipelines.cluster: features and scoring on a Dask LocalCluster (loopback, 2 workers)
+"""pipelines.run.cluster: features and scoring on a Dask LocalCluster (loopback, 2 workers)
 give the local run's results, and a worker killed mid-run loses no patient."""
 
 import pandas as pd
@@ -7,8 +7,10 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from cellfeat.data import load_cohort  # noqa: E402
-from pipelines.cli import main  # noqa: E402
-from pipelines.features import run_features  # noqa: E402
+from pipelines.run.cli import main  # noqa: E402
+from pipelines.run.features import run_features  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts Dask LocalClusters (about 50 s)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_worker_killed_mid_run_loses_nothing(cluster, synthetic_root, local_cell
         import signal
         from pathlib import Path
 
-        import pipelines.tasks as tasks
+        import pipelines.run.tasks as tasks
 
         store = tasks.cache_store
 
@@ -76,7 +78,7 @@ def test_worker_killed_mid_run_loses_nothing(cluster, synthetic_root, local_cell
         tasks.cache_store = cache_store
 
     def disarm():
-        import pipelines.tasks as tasks
+        import pipelines.run.tasks as tasks
 
         tasks.cache_store = getattr(tasks.cache_store, "armed", tasks.cache_store)
 

@@ -23,6 +23,8 @@ from cellfeat.mil import MISVM, InstanceScoreBagFeatures
 from cellfeat.models import (BalancedXGBClassifier, CellBagFeatures, ClinicalFeatures,
                              GatedMixture, MILFeatures)
 
+pytestmark = pytest.mark.estimator_checks  # scikit-learn's contract checks; `make test` runs them
+
 # --- estimators on numeric arrays ---------------------------------------------------------
 
 # A 2-D array's first column is the bag ID; the checks draw random floats there, so every

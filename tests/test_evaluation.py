@@ -8,10 +8,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from cellfeat.decision import CalibratedDecision, platt_apply, platt_fit, triage_threshold
 from cellfeat.evaluation import (binary_metrics, bootstrap_ci, check_cohort_size,
-                                 min_class_size, nested_cv, paired_delta, platt_apply,
-                                 platt_fit, triage_threshold)
-from cellfeat.models import CalibratedDecision, ModelChoice
+                                 min_class_size, nested_cv, paired_delta)
+from cellfeat.models import ModelChoice
 
 
 class Column(ClassifierMixin, BaseEstimator):

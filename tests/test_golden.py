@@ -15,7 +15,7 @@ import pandas as pd
 
 from cellfeat.models import cohort_frame
 from pipelines.bundle import load_bundle
-from pipelines.stages import score_frame
+from pipelines.run.stages import score_frame
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

@@ -57,17 +57,19 @@ def test_pixel_dispersion_exact_where_cv2_norm_is_not():
 
 def test_one_pixel_score_name():
     """The column name is defined once, in the library, and the pipelines import it."""
-    import cellfeat.models
-    import pipelines.features
-    import pipelines.tasks
+    import cellfeat.models.frame
+    import cellfeat.models.inputs
+    import pipelines.run.features
+    import pipelines.run.tasks
 
     assert H.PIXEL_SCORE == "Bag_Heterogeneity_PixelDispersion"
-    assert cellfeat.models.PIXEL_SCORE is H.PIXEL_SCORE
-    assert pipelines.features.PIXEL_SCORE is H.PIXEL_SCORE
-    assert pipelines.tasks.PIXEL_SCORE is H.PIXEL_SCORE
+    assert cellfeat.models.frame.PIXEL_SCORE is H.PIXEL_SCORE
+    assert cellfeat.models.inputs.PIXEL_SCORE is H.PIXEL_SCORE
+    assert pipelines.run.features.PIXEL_SCORE is H.PIXEL_SCORE
+    assert pipelines.run.tasks.PIXEL_SCORE is H.PIXEL_SCORE
     root = Path(__file__).resolve().parents[1]
     defined = []
-    for f in sorted([*root.glob("cellfeat/*.py"), *root.glob("pipelines/*.py")]):
+    for f in sorted([*root.glob("cellfeat/**/*.py"), *root.glob("pipelines/**/*.py")]):
         for node in ast.walk(ast.parse(f.read_text())):
             if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
                     and node.value.value == H.PIXEL_SCORE):

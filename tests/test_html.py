@@ -1,4 +1,4 @@
-"""pipelines.html: the scoring and training pages, checked in headless Chromium.
+"""pipelines.report.html: the scoring and training pages, checked in headless Chromium.
 
 The browser tests open the pages as a reader would (file://, no server) and check what
 the issue asks: a screenshot that is not blank, every scored patient with a picture,
@@ -19,17 +19,22 @@ import pytest
 
 from cellfeat.data import load_cohort
 from cellfeat.models import make_pipeline
-from pipelines.features import run_features
-from pipelines.html import (contributions, gloss, leave_one_cell_out, markdown_blocks,
+from pipelines.run.features import run_features
+from pipelines.report.html import (contributions, gloss, leave_one_cell_out, markdown_blocks,
                             reference_distributions, render, score_report_context,
                             write_score_report, write_train_report)
-from pipelines.stages import _cohort_frame, score_frame
+from pipelines.run.stages import load_frame, score_frame
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = "<img src=x onerror=alert(1)>"
-needs_chromium = pytest.mark.skipif(
+_chromium_here = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="Chromium is not installed here (apt-get install chromium; "
                                   ".ci/run installs it): the browser checks cannot run")
+
+
+def needs_chromium(test):
+    """A browser check: skipped without Chromium, left out of ``make test-quick``."""
+    return pytest.mark.browser(_chromium_here(test))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -46,7 +51,7 @@ def scored(synthetic_root, tmp_path_factory):
     (victim / "broken<b>.jpg").write_bytes(b"not a jpeg")
     cohort = load_cohort(root)
     run_features(cohort, d / "f", n_jobs=1, progress=False, gallery=False)
-    frame = _cohort_frame(cohort, d / "f")
+    frame = load_frame(cohort, d / "f")
     lab = frame[frame["LABEL"].notna()]
     y = lab["LABEL"].astype(int).to_numpy()
     models = {"main": make_pipeline("clinical+bags-logreg").fit(lab, y),
@@ -307,7 +312,7 @@ def test_patients_without_a_call_or_images_get_a_section(scored):
 
 
 def test_probability_and_threshold_are_told_apart():
-    from pipelines.html import _pair
+    from pipelines.report.html import _pair
 
     # rounding both to 2 decimals would print "0.85 against 0.85" for a reactive call
     assert _pair(0.8461, 0.8481) == ("0.846", "0.848")

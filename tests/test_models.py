@@ -9,8 +9,8 @@ from sklearn.model_selection import cross_val_score
 from cellfeat.data import load_cohort, read_image
 from cellfeat.evaluation import nested_cv
 from cellfeat.extract import CellFeatureExtractor, nucleus_crop
-from cellfeat.models import (CANDIDATES, ClinicalFeatures, available_candidates, cohort_frame,
-                             make_pipeline)
+from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, ClinicalFeatures, available_candidates,
+                             cohort_frame, make_pipeline)
 from cellfeat.segment import segment_nucleus
 
 
@@ -34,7 +34,9 @@ def frame(synthetic_root):
     return cohort_frame(c.clinical, cells, crops=crops).loc[c.labelled]
 
 
-@pytest.mark.parametrize("name", CANDIDATES)
+# the CNN candidates train a network for about 30 s: the full tier only
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in CNN_CANDIDATES
+                                  else n for n in CANDIDATES])
 def test_candidates_fit_predict_clone(frame, name):
     if name not in available_candidates():
         pytest.skip(f"{name} needs torch")
@@ -69,6 +71,7 @@ def test_unknown_candidate():
         make_pipeline("magic")
 
 
+@pytest.mark.slow  # about 17 s
 def test_nested_cv_on_cohort_frames(frame):
     """Real candidates through the rule on the synthetic cohort (image signal built in:
     nucleus-size spread differs by class; clinical signal too: tumoral patients older,
@@ -88,10 +91,11 @@ def test_nested_cv_on_cohort_frames(frame):
 def test_bag_statistics_equal_the_aggregator(frame):
     """CellBagFeatures' per-patient NumPy statistics = BagAggregator on the long table."""
     from cellfeat.bags import BagAggregator
-    from cellfeat.models import CellBagFeatures, _long_cells
+    from cellfeat.models import CellBagFeatures
+    from cellfeat.models.frame import long_cells
 
     fast = CellBagFeatures(heterogeneity=False).fit(frame).transform(frame)
-    slow = BagAggregator().fit(_long_cells(frame)).transform(_long_cells(frame))
+    slow = BagAggregator().fit(long_cells(frame)).transform(long_cells(frame))
     pd.testing.assert_frame_equal(fast, slow.reindex(frame.index)[fast.columns].astype(float),
                                   check_names=False, rtol=1e-9)
 

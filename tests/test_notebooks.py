@@ -5,7 +5,10 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # executes the notebooks end to end (about 60 s)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -38,7 +41,7 @@ def test_explore_cohort(synthetic_root, tmp_path):
 
 
 def test_model_results(synthetic_root, tmp_path):
-    from pipelines.cli import main
+    from pipelines.run.cli import main
 
     rep = tmp_path / "report"
     assert main(["--quiet", "train", str(synthetic_root), "--features", str(tmp_path / "f"),

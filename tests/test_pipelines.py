@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from cellfeat.data import load_cohort
-from pipelines.cli import main
-from pipelines.features import FeatureSettings, run_features
+from pipelines.run.cli import main
+from pipelines.run.features import FeatureSettings, run_features
+
+pytestmark = pytest.mark.slow  # the stages end to end through the CLI (about 80 s)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,7 @@ def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
 def test_score_statuses_for_missing_inputs(synthetic_root, trained):
     from cellfeat.models import cohort_frame
     from pipelines.bundle import load_bundle
-    from pipelines.stages import score_frame
+    from pipelines.run.stages import score_frame
 
     models, _ = load_bundle(trained / "m.skops")
     cells = pd.read_parquet(trained / "f" / "cells.parquet")
@@ -211,7 +213,7 @@ def test_sigkill_half_way_then_resume(synthetic_root, tmp_path):
     kill_at = 5
     run_and_die = (
         "import os, signal, sys\n"
-        "import pipelines.features, pipelines.tasks as tasks  # features keeps its save_npy\n"
+        "import pipelines.run.features, pipelines.run.tasks as tasks  # features keeps its save_npy\n"
         "save, calls = tasks.save_npy, []\n"
         "def save_npy(path, array):  # in cache_store: after the .parquet, before the .json\n"
         "    save(path, array)\n"
@@ -219,7 +221,7 @@ def test_sigkill_half_way_then_resume(synthetic_root, tmp_path):
         f"    if len(calls) == {kill_at}:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "tasks.save_npy = save_npy\n"
-        "from pipelines.cli import main\n"
+        "from pipelines.run.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     args = ["--quiet", "features", str(synthetic_root), "--jobs", "1", "--features"]
     killed, cache = tmp_path / "killed", tmp_path / "killed" / "cache"
@@ -229,7 +231,7 @@ def test_sigkill_half_way_then_resume(synthetic_root, tmp_path):
     assert len(list(cache.glob("*.json"))) == kill_at - 1
     assert len(list(cache.glob("*.parquet"))) == len(list(cache.glob("*.npy"))) == kill_at
     assert not (killed / "cells.parquet").exists()  # never half-written
-    cmd = [sys.executable, "-m", "pipelines.cli", *args]
+    cmd = [sys.executable, "-m", "pipelines.run.cli", *args]
     assert subprocess.run(cmd + [str(killed)]).returncode == 0
     assert subprocess.run(cmd + [str(tmp_path / "clean")]).returncode == 0
     a = pd.read_parquet(killed / "cells.parquet")
@@ -326,7 +328,7 @@ def test_submission_lists_every_scored_patient_and_says_which_have_no_call(
 def test_unknown_gender_keeps_the_main_model(synthetic_root, trained):
     from cellfeat.models import cohort_frame
     from pipelines.bundle import load_bundle
-    from pipelines.stages import score_frame
+    from pipelines.run.stages import score_frame
 
     models, _ = load_bundle(trained / "m.skops")
     cells = pd.read_parquet(trained / "f" / "cells.parquet")

@@ -1,4 +1,4 @@
-"""Tests of pipelines.stability: the flip/PROBA summary by hand, and shifted features that
+"""Tests of pipelines.run.stability: the flip/PROBA summary by hand, and shifted features that
 are the feature stage's own features of the shifted pixels, cached by content."""
 
 import numpy as np
@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from cellfeat.augment import ColourShift
-from pipelines import stability
+from pipelines.bench import colour
+from pipelines.run import stability, tasks
 
 
 def test_summarise_by_hand():
@@ -27,9 +28,9 @@ def test_summarise_by_hand():
 
 
 def test_family_from_registry_names():
-    assert stability.family("Nucleus_Colour_LAB_L_MeanRatio") == "Colour"
-    assert stability.family("Nucleus_Shape_Area") == "Shape"
-    assert stability.family("Nucleus_Texture_GLCM_Contrast") == "Texture"
+    assert colour.family("Nucleus_Colour_LAB_L_MeanRatio") == "Colour"
+    assert colour.family("Nucleus_Shape_Area") == "Shape"
+    assert colour.family("Nucleus_Texture_GLCM_Contrast") == "Texture"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def two_images(tmp_path_factory):
 
 
 def test_identity_shift_reproduces_feature_stage(two_images, tmp_path):
-    code = stability._feature_code()
+    code = tasks
     settings = code.FeatureSettings()
     names = [f.name for f in two_images]
     cells, meta, _ = code.compute_patient("P1", names, code.read_blobs(two_images), settings)

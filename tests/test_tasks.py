@@ -1,18 +1,13 @@
-"""pipelines.tasks: one patient's task gives the library's numbers; the pipelines' imports
-form no cycle."""
+"""pipelines.run.tasks: one patient's task gives the library's numbers (the imports of the
+whole house are checked in tests/test_layout.py)."""
 
-import ast
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cellfeat.data import decode_image
 from cellfeat.heterogeneity import PIXEL_SCORE, pixel_dispersion, pixel_dispersion_naive
-from pipelines.tasks import FeatureSettings, compute_patient
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from pipelines.run.tasks import FeatureSettings, compute_patient
 
 def test_patient_pixel_dispersion_is_the_library_function(synthetic_root):
     import cv2
@@ -40,46 +35,3 @@ def test_patient_pixel_dispersion_is_the_library_function(synthetic_root):
 def test_patient_without_decodable_image_has_no_pixel_score():
     _, meta, _ = compute_patient("P", ["a.jpg"], [b"junk"], FeatureSettings())
     assert meta[PIXEL_SCORE] is None and meta["N_PIXEL_IMAGES"] == 0
-
-
-def _pipelines_imports() -> dict[str, set[str]]:
-    """Module -> the pipelines modules it imports, at the top or inside a function.
-
-    Imports inside a module-level ``main`` are left out: ``main`` is a command-line entry
-    point (``python -m pipelines.<module>``), run as ``__main__``, above every module.
-    """
-    graph = {}
-    for f in sorted((ROOT / "pipelines").glob("*.py")):
-        deps = set()
-        tree = ast.parse(f.read_text())
-        body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "main")]
-        for node in (sub for top in body for sub in ast.walk(top)):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps.update([node.module.split(".")[0]] if node.module
-                            else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines."):
-                deps.add(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                deps.update(a.name.split(".")[1] for a in node.names
-                            if a.name.startswith("pipelines."))
-        graph[f.stem] = deps - {f.stem}
-    return graph
-
-
-def test_pipelines_imports_have_no_cycle():
-    graph = _pipelines_imports()
-    assert {"cluster", "features", "tasks"} <= graph.keys()
-    assert "features" not in graph["cluster"] and "features" not in graph["tasks"]
-    state: dict[str, str] = {}
-
-    def visit(mod, path):
-        state[mod] = "open"
-        for dep in sorted(graph.get(mod, ())):
-            assert state.get(dep) != "open", "import cycle: " + " -> ".join([*path, dep])
-            if dep not in state:
-                visit(dep, [*path, dep])
-        state[mod] = "done"
-
-    for mod in sorted(graph):
-        if mod not in state:
-            visit(mod, [mod])

@@ -1,11 +1,11 @@
-"""pipelines.univariate: out-of-fold univariate AUC, direction learnt in-fold."""
+"""pipelines.report.univariate: out-of-fold univariate AUC, direction learnt in-fold."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipelines.univariate import COLUMNS, auc, patient_table, univariate_auc
+from pipelines.report.univariate import COLUMNS, auc, patient_table, univariate_auc
 
 
 def test_auc_matches_scikit_learn_with_ties():
@@ -66,7 +66,7 @@ def test_docstring_example_runs():
     # pipelines/ is outside the doctest paths of setup.cfg: run this module's example here
     import doctest
 
-    import pipelines.univariate as U
+    import pipelines.report.univariate as U
 
     assert doctest.testmod(U).failed == 0
 

@@ -101,7 +101,7 @@ def bench_decode(cohort, jobs):
 
 
 def bench_features(cohort, jobs):
-    from .features import run_features
+    from ..run.features import run_features
 
     out = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
     try:
@@ -116,7 +116,7 @@ def bench_dask(cohort, workers: int) -> float:
     """Feature-stage images/s through a LocalCluster of ``workers`` single-thread processes."""
     from distributed import Client, LocalCluster
 
-    from .features import run_features
+    from ..run.features import run_features
 
     out = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
     try:
@@ -216,7 +216,7 @@ def large_cell_gallery(cohort, cells_path, path, *, n=24, method="otsu") -> list
     from cellfeat.data import read_image
     from cellfeat.segment import segment_nucleus
 
-    from .plots import draw_contours, montage
+    from ..report.plots import draw_contours, montage
 
     cells = pd.read_parquet(cells_path)
     cells = cells[cells["QC_STATUS"] == "ok"].nlargest(n, "Cell_Shape_Area")
@@ -364,7 +364,7 @@ def main(argv=None):
               f"10,000 patients a day at 80 cells each (features only, 24 h)")
     cells_dir = Path(tempfile.mkdtemp(prefix="cellfeat-bench-"))
     try:
-        from .features import run_features
+        from ..run.features import run_features
 
         run_features(cohort, cells_dir, n_jobs=args.jobs, progress=False, gallery=False)
         mil = bench_mil(cells_dir / "cells.parquet", args.repeats)
@@ -392,7 +392,7 @@ def main(argv=None):
     result["segmentation"] = seg
     print_segmentation(seg)
     # colour drift (issue 14): every 25th dev image under the shift panel, by feature family
-    from .stability import bench_drift
+    from .colour import bench_drift
 
     drift = bench_drift([f for fs in cohort.images.values() for f in fs][::25])
     result["colour_drift"] = drift.to_dict(orient="records")

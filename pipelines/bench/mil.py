@@ -1,4 +1,4 @@
-"""``python -m pipelines.mil_benchmark``: MI-SVM / mi-SVM on the classic MIL benchmarks.
+"""``python -m pipelines.bench.mil``: MI-SVM / mi-SVM on the classic MIL benchmarks.
 
 Checks that :mod:`cellfeat.mil` matches the published figures of Andrews, Tsochantaridis
 & Hofmann (NIPS 2002, table 1) on MUSK1, MUSK2 and Elephant. The data are the CSV files
@@ -25,7 +25,7 @@ MUSK2 mi-SVM 83.6, MI-SVM 84.3; Elephant mi-SVM 82.2, MI-SVM 81.4.
 
 Usage::
 
-    python -m pipelines.mil_benchmark [--datasets musk1 musk2 elephant] [--repeats 2]
+    python -m pipelines.bench.mil [--datasets musk1 musk2 elephant] [--repeats 2]
         [--folds 10] [--inner 5] [--no-nested] [--jobs 1] [--out build/mil_benchmark.json]
 """
 
@@ -170,7 +170,7 @@ def format_table(rows) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m pipelines.mil_benchmark", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipelines.bench.mil", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

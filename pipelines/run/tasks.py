@@ -1,10 +1,10 @@
 """The per-patient task of the features stage: read, look up the cache, compute, store.
 
 One patient's images are the unit of caching, of parallel tasks (local processes or a Dask
-cluster, :mod:`pipelines.cluster`) and of the pixel-space heterogeneity score. Each
+cluster, :mod:`pipelines.run.cluster`) and of the pixel-space heterogeneity score. Each
 patient's result is cached under ``FEATURES/cache`` by a hash of its image bytes and the
-settings. This module imports neither :mod:`pipelines.features` (the stage, which runs
-these tasks) nor :mod:`pipelines.cluster`, so both can import it.
+settings. This module imports neither :mod:`pipelines.run.features` (the stage, which runs
+these tasks) nor :mod:`pipelines.run.cluster`, so both can import it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.heterogeneity import PIXEL_SCORE, PixelSums
 
-from .io import atomic_path, settings_hash
+from ..io import atomic_path, settings_hash
 
 __all__ = ["FeatureSettings", "CELL_COLUMNS", "read_blobs", "patient_key",
            "save_npy", "cache_load", "cache_store", "compute_patient", "read_patient",

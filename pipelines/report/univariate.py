@@ -35,7 +35,7 @@ This module reads no report code: the report (Markdown or HTML) calls
 :func:`univariate_auc` on the patient table it already has, or
 :func:`patient_table` + :func:`univariate_auc` from the cell table. Run alone::
 
-    python -m pipelines.univariate FEATURES_DIR DATA --out build/univariate.csv
+    python -m pipelines.report.univariate FEATURES_DIR DATA --out build/univariate.csv
 """
 
 from __future__ import annotations
@@ -185,11 +185,11 @@ def patient_table(cells: pd.DataFrame, *, features=None, stats=("Mean", "Std"),
 
 
 def main(argv=None) -> int:
-    """``python -m pipelines.univariate FEATURES_DIR DATA --out CSV``: the table for the
+    """``python -m pipelines.report.univariate FEATURES_DIR DATA --out CSV``: the table for the
     labelled patients of a cohort whose features were computed into FEATURES_DIR."""
     from cellfeat.data import load_cohort
 
-    ap = argparse.ArgumentParser(prog="python -m pipelines.univariate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.report.univariate", description=__doc__.split("\n")[0])
     ap.add_argument("features", type=Path, help="feature folder (cells.parquet, patients.parquet)")
     ap.add_argument("data", type=Path, help="cohort folder (for the labels)")
     ap.add_argument("--out", type=Path, required=True)

@@ -17,7 +17,7 @@ from cellfeat.extract import QC_COLUMN
 from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
-from .io import StageError, write_csv
+from ..io import StageError, write_csv
 
 
 def _log(*a):
@@ -47,7 +47,7 @@ def _load(args) -> Cohort:
     return cohort
 
 
-def _features(args, cohort: Cohort, sub: str | None = None) -> Path:
+def feature_stage(args, cohort: Cohort, sub: str | None = None) -> Path:
     """Run the features stage into the feature folder (or its ``sub`` folder, sharing the
     folder's per-patient cache) and return where the tables are."""
     base = _features_dir(args)
@@ -88,10 +88,12 @@ def stage_synthetic(args):
 
 
 def stage_features(args):
-    _features(args, _load(args))
+    feature_stage(args, _load(args))
 
 
-def _cohort_frame(cohort: Cohort, feat_dir: Path) -> pd.DataFrame:
+def load_frame(cohort: Cohort, feat_dir: Path) -> pd.DataFrame:
+    """The cohort frame (:func:`cellfeat.models.cohort_frame`) of ``cohort`` from the tables
+    the feature stage wrote into ``feat_dir``."""
     from cellfeat.models import cohort_frame
 
     cells = pd.read_parquet(feat_dir / "cells.parquet")
@@ -111,14 +113,14 @@ def stage_train(args):
                                  REFERENCE_CANDIDATES, MILFeatures, ModelChoice,
                                  available_candidates, cv_depth, make_pipeline)
 
-    from .bundle import save_bundle
-    from .html import reference_distributions, write_train_report
-    from .report import RULE, first_screen, write_report
+    from ..bundle import save_bundle
+    from ..report.html import reference_distributions, write_train_report
+    from ..report.markdown import RULE, first_screen, write_report
     from .stability import stage_hook as colour_stability
 
     cohort = _load(args)
-    feat_dir = _features(args, cohort)
-    frame = _cohort_frame(cohort, feat_dir)
+    feat_dir = feature_stage(args, cohort)
+    frame = load_frame(cohort, feat_dir)
     lab = frame[frame["LABEL"].notna()]
     if lab["LABEL"].nunique() < 2:
         raise StageError(f"{args.data}: need labelled patients of both classes; found "
@@ -287,8 +289,8 @@ def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def stage_score(args):
-    from .bundle import load_bundle
-    from .plots import patient_montages
+    from ..bundle import load_bundle
+    from ..report.plots import patient_montages
 
     # the model first: a refused bundle stops the run before any image is read, and it
     # says at which date the training ages were computed
@@ -315,8 +317,8 @@ def stage_score(args):
              f"{args.reference_date}, every age is off by as much: pass --reference-date")
     # the scored patients' tables go beside the training ones, not over them; the
     # per-patient cache is shared, so a patient seen at training is not recomputed
-    feat_dir = _features(args, cohort, sub="scored")
-    frame = _cohort_frame(cohort, feat_dir)
+    feat_dir = feature_stage(args, cohort, sub="scored")
+    frame = load_frame(cohort, feat_dir)
     pred = score_frame(models, frame)
     out = Path(args.out)
     write_csv(out, pred, index=False, float_format="%.6f")
@@ -332,7 +334,7 @@ def stage_score(args):
     counts = pred["STATUS"].map(lambda s: s.split(":")[0]).value_counts().to_dict()
     _log(f"score: {len(pred)} patients: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     _log(f"  wrote {out}, {out.stem}_submission.csv and {mont_dir}/<ID>.png")
-    from .html import write_score_report
+    from ..report.html import write_score_report
 
     html = write_score_report(out.with_name(out.stem + "_report.html"), cohort=cohort, frame=frame,
                               pred=pred, models=models, meta=meta, feat_dir=feat_dir, data=args.data)

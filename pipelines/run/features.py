@@ -1,6 +1,6 @@
 """The features stage: a cohort folder -> cells.parquet, patients.parquet, qc.csv, gallery.
 
-Work is split per patient: :mod:`pipelines.tasks` holds the task (read, cache, compute) and
+Work is split per patient: :mod:`pipelines.run.tasks` holds the task (read, cache, compute) and
 its content-addressed cache under ``FEATURES/cache``, so an interrupted or repeated run
 reuses finished work. Results stream into the Parquet writer in patient order, so memory
 stays flat in the number of images and the output is the same whatever the number of
@@ -22,7 +22,7 @@ from cellfeat.extract import QC_COLUMN
 from cellfeat.heterogeneity import PIXEL_SCORE
 
 from .cluster import dask_results, retried_keys
-from .io import atomic_path, write_csv, write_parquet
+from ..io import atomic_path, write_csv, write_parquet
 from .tasks import CELL_COLUMNS, FeatureSettings, process_patient, save_npy
 
 __all__ = ["run_features", "FeatureSettings", "CELL_COLUMNS", "PIXEL_SCORE"]
@@ -36,7 +36,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     Writes ``cells.parquet``, ``patients.parquet``, ``qc.csv``, ``issues.csv``,
     ``settings.json``, ``gallery.png`` and ``crops/<ID>.npy`` (nucleus-centred crops, one per
     cell row, zeros where QC failed) under ``out_dir``; returns counts. With a Dask
-    ``client`` the per-patient tasks run on its cluster (see :mod:`pipelines.cluster`);
+    ``client`` the per-patient tasks run on its cluster (see :mod:`pipelines.run.cluster`);
     otherwise on ``n_jobs`` local processes. ``cache_dir`` (default ``out_dir/cache``) holds
     the per-patient results by content, so several output folders can share one.
     """
@@ -97,7 +97,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
          "cohort": str(cohort.root)}, indent=1))
     counts = qc[QC_COLUMN].map(lambda s: s.split(":")[0]).value_counts().to_dict()
     if gallery and len(qc):
-        from .plots import cell_gallery
+        from ..report.plots import cell_gallery
 
         cell_gallery(cohort, qc, out_dir / "gallery.png", settings=settings)
     retried = []

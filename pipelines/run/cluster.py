@@ -30,7 +30,7 @@ def connect(address: str):
     try:
         from distributed import Client
     except ImportError:
-        from .io import StageError
+        from ..io import StageError
 
         raise StageError("--scheduler needs Dask: pip install 'cellfeat[dask]'") from None
     return Client(address, timeout="30s")

@@ -26,7 +26,7 @@ import cellfeat
 from cellfeat.extract import QC_COLUMN
 from cellfeat.heterogeneity import PIXEL_SCORE
 
-from .io import write_text
+from ..io import write_text
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: Quantiles stored per class for the training-cohort reference (bundle meta "reference").
@@ -445,7 +445,7 @@ def cell_tile(path: Path, method: str) -> np.ndarray:
 
 def outline_cell(image: np.ndarray, seg, *, thickness: int = 1) -> np.ndarray:
     """A copy of ``image`` with the whole-cell outline (red) under the nucleus outline
-    (green), in the colours of :data:`pipelines.plots.CONTOUR_COLOURS`."""
+    (green), in the colours of :data:`pipelines.report.plots.CONTOUR_COLOURS`."""
     import cv2
 
     from .plots import CONTOUR_COLOURS

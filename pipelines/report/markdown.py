@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import write_text
-from .stability import report_lines as stability_report_lines
+from ..io import write_text
+
+#: Where the train stage leaves the colour-stability figures for this report.
+STABILITY_JSON = "stability.json"
 
 #: The selection rule in words (``{inner}``: inner folds); fixed before any result is seen.
 RULE = ("each candidate is fitted with the same {inner} inner folds of the training patients; "
@@ -231,15 +233,15 @@ def heterogeneity_auc(X, y, *, folds=5, repeats=5, seed=0) -> pd.DataFrame:
 
 
 def feature_signal(X: pd.DataFrame, y, *, folds=5, repeats=5, seed=0) -> pd.DataFrame:
-    """:func:`pipelines.univariate.univariate_auc` of every patient-level feature of a
+    """:func:`pipelines.report.univariate.univariate_auc` of every patient-level feature of a
     cohort frame: mean and SD of each cell feature over the usable cells, and the bag
     features (pixel dispersion) the frame carries."""
     from cellfeat.heterogeneity import PIXEL_SCORE
-    from cellfeat.models import _long_cells
+    from cellfeat.models.frame import long_cells
 
     from .univariate import patient_table, univariate_auc
 
-    cells = _long_cells(X)
+    cells = long_cells(X)
     bag = X[[PIXEL_SCORE]] if PIXEL_SCORE in X else None
     table = patient_table(cells, bag_features=bag).reindex(X.index)
     return univariate_auc(table, pd.Series(np.asarray(y), index=X.index), folds=folds,
@@ -345,7 +347,7 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
               "tumoral patients) learnt on the training patients of each fold, so a feature "
               "without signal scores about 0.5. *spread* is the 5–95 % range of the AUC over "
               "the held-out folds (what a cohort of that size would see). Full table: "
-              "`univariate_auc.csv` (`pipelines.univariate`).", "",
+              "`univariate_auc.csv` (`pipelines.report.univariate`).", "",
               "| feature | AUC out of fold | spread | direction | direction stable |",
               "|---|---|---|---|---|",
               *[f"| `{r.FEATURE}` | {r.AUC_OOF:.3f} | {r.AUC_OOF_Q05:.2f}–{r.AUC_OOF_Q95:.2f} | "
@@ -354,6 +356,58 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
         lines += ["## Feature importances of the chosen model", "",
                   "![importances](importances.png)", "",
                   *[f"- `{n}`: {v:.4f}" for n, v in imp.head(10).items()], ""]
-    lines += stability_report_lines(out)  # written by pipelines.stability before this report
+    lines += stability_lines(out)  # stability.json: written by the train stage before this report
     write_text(out / "README.md", "\n".join(lines))
     return out
+
+
+def _stability_plot(res: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["shifts"])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    share = [100 * res["shifts"][n]["flip_share"] for n in names]
+    axes[0].barh(names, share, color="tab:red")
+    axes[0].axvline(2.0, color="k", ls=":", lw=0.8)
+    axes[0].set(xlabel="calls that flip (%)", title="flipped calls (dotted: 1 in 50)")
+    dp = [res["shifts"][n]["max_abs_dproba"] for n in names]
+    axes[1].barh(names, dp, color="tab:blue")
+    axes[1].set(xlabel="largest |change of PROBA|", title="PROBA change")
+    axes[1].set_yticklabels([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def stability_lines(report_dir) -> list[str]:
+    """The colour-stability section of the training report, and its figure, from the
+    ``stability.json`` that :func:`pipelines.run.stability.stage_hook` wrote into the report
+    folder (empty if it did not run)."""
+    p = Path(report_dir) / STABILITY_JSON
+    if not p.exists():
+        return []
+    res = json.loads(p.read_text())
+    _stability_plot(res, Path(report_dir) / "stability.png")
+    o = res["overall"]
+    lines = ["## Colour stability", "",
+             f"Out of fold ({res['repeats']}×{res['folds']}-fold, the CV folds), each held-out "
+             f"patient of `{res.get('candidate', '?')}` is scored as it is and after every image "
+             f"is rewritten by each colour shift of the panel (`cellfeat.augment.SHIFT_PANEL`), "
+             f"features recomputed. Overall: **{o['flips']} of {o['calls']} calls flip** "
+             f"({100 * o['flip_share']:.1f} %), largest PROBA change "
+             f"{o['max_abs_dproba']:.3f}, balanced accuracy as-is {o['balanced_accuracy']:.3f} "
+             f"(largest move {o['max_abs_delta_balanced_accuracy']:.3f}). Goal: at most 1 call "
+             f"in 50 flips and BA moves by at most 0.01 under each shift: "
+             f"{'met' if o['met'] else 'not met'}.", "",
+             "| shift | what it does | flipped calls | max abs dPROBA | balanced accuracy |",
+             "|---|---|---|---|---|"]
+    desc = {s["name"]: s["description"] for s in res["panel"]}
+    for name, r in res["shifts"].items():
+        lines.append(f"| `{name}` | {desc.get(name, '')} | {r['flips']}/{r['calls']} "
+                     f"({100 * r['flip_share']:.1f} %) | {r['max_abs_dproba']:.3f} | "
+                     f"{r['balanced_accuracy']:.3f} ({r['delta_balanced_accuracy']:+.3f}) |")
+    lines += ["", "![colour stability](stability.png)", ""]
+    return lines

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .io import StageError
+from ..io import StageError
 
 EPILOG = """examples:
   cellfeat synthetic build/synthetic            # write the built-in synthetic cohort
