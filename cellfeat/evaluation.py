@@ -24,8 +24,10 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from .decision import call, rows
 from .models.candidates import cv_depth
 from .models.selection import ModelChoice
+from .zone import in_zone
 
 __all__ = ["CVResult", "nested_cv", "binary_metrics", "bootstrap_ci", "paired_delta",
            "triage_curve", "reliability",
@@ -119,6 +121,29 @@ def paired_delta(y, a, b, *, stat=None, n_boot: int = 1000, seed: int = 0,
             "p_not_better": float(np.mean(np.asarray(vals) <= 0))}
 
 
+def _zone_bootstrap(y, pred, zone, *, reference=None, n_boot=1000, seed=0, level=0.95):
+    """Percentile CI of the repeat-averaged BA (or of its paired difference to
+    ``reference``) over the patients of each repeat's zone, resampling patients."""
+    y = np.asarray(y).astype(int)
+    rng = np.random.default_rng(seed)
+    vals = []
+    n = len(y)
+    while len(vals) < n_boot:
+        idx = rng.integers(0, n, n)
+        per = []
+        for r in range(len(pred)):
+            i = idx[zone[r][idx]]
+            if len(np.unique(y[i])) < 2:
+                break
+            v = balanced_accuracy_score(y[i], pred[r][i])
+            if reference is not None:
+                v -= balanced_accuracy_score(y[i], reference[r][i])
+            per.append(v)
+        else:
+            vals.append(np.mean(per))
+    return _percentiles(vals, level)
+
+
 # --- data-size guard ------------------------------------------------------------------------
 
 def min_class_size(splits) -> int:
@@ -155,11 +180,14 @@ def check_cohort_size(y, splits) -> None:
 class CVResult:
     """Out-of-fold outputs of :func:`nested_cv`.
 
-    For every candidate name and for ``"nested"`` (the rule): ``proba`` (calibrated
-    P(tumoral)), ``pred`` (call at that fold's decision threshold) and ``triage`` (1 =
-    sent to cytometry at that fold's triage threshold), each of shape (repeats, n_patients).
-    ``chosen`` lists the candidate the rule picked in each outer fold; ``fold_scores`` has
-    one row per (fold, candidate) with its inner score, thresholds and outer figures.
+    For every candidate name and for ``"nested"`` (the rule, with its fallback routing):
+    ``proba`` (calibrated P(tumoral)), ``pred`` (call at that fold's decision threshold,
+    -1 for no call) and ``triage`` (1 = sent to cytometry at that fold's triage threshold),
+    each of shape (repeats, n_patients). ``zone`` (repeats, n_patients) says whether each
+    held-out patient was in the overlap zone learnt from its fold's training patients
+    (:mod:`cellfeat.zone`), ``fold`` its outer fold in each repeat. ``chosen`` lists the
+    candidate the rule picked in each outer fold; ``fold_scores`` has one row per (fold,
+    candidate) with its inner log-loss, thresholds and outer figures.
     """
 
     ids: list
@@ -168,18 +196,36 @@ class CVResult:
     proba: dict = field(default_factory=dict)
     pred: dict = field(default_factory=dict)
     triage: dict = field(default_factory=dict)
+    zone: np.ndarray | None = None
+    fold: np.ndarray | None = None
     chosen: list = field(default_factory=list)
+    zone_limits: list = field(default_factory=list)
     fold_scores: pd.DataFrame | None = None
 
+    def _figures(self, name, mask=None) -> pd.DataFrame:
+        """Per-repeat figures of ``name`` on the patients of ``mask`` (repeats, n) or all."""
+        rows = []
+        for r, (p, q) in enumerate(zip(self.pred[name], self.proba[name])):
+            m = np.ones(len(self.y), bool) if mask is None else mask[r]
+            y = self.y[m]
+            both = len(np.unique(y)) == 2
+            f = binary_metrics(y, p[m], q[m]) if len(y) else {}
+            if not both:
+                f = {k: np.nan for k in ("balanced_accuracy", "sensitivity", "specificity",
+                                         "roc_auc", "brier")}
+            f["n_reactive"], f["n_tumoral"] = int((y == 0).sum()), int((y == 1).sum())
+            rows.append(f)
+        return pd.DataFrame(rows)
+
     def summary(self, *, n_boot: int = 1000) -> pd.DataFrame:
-        """One row per model: mean ± sd over repeats, bootstrap CI, AUC, Brier, triage."""
+        """One row per model: mean ± sd over repeats, bootstrap CI, AUC, Brier, triage,
+        and the same figures in the overlap zone (``zone_*``)."""
         rows = {}
         for name in self.pred:
-            m = pd.DataFrame([binary_metrics(self.y, p, q)
-                              for p, q in zip(self.pred[name], self.proba[name])])
+            m = self._figures(name)
             t = pd.DataFrame([binary_metrics(self.y, p) for p in self.triage[name]])
             lo, hi = bootstrap_ci(self.y, self.pred[name], n_boot=n_boot)
-            rows[name] = {
+            row = {
                 "balanced_accuracy": m["balanced_accuracy"].mean(),
                 "balanced_accuracy_std": m["balanced_accuracy"].std(ddof=1) if len(m) > 1 else 0.0,
                 "balanced_accuracy_ci_low": lo, "balanced_accuracy_ci_high": hi,
@@ -188,16 +234,51 @@ class CVResult:
                 "triage_sensitivity": t["sensitivity"].mean(),
                 "triage_reactive_spared": t["specificity"].mean(),
             }
+            if self.zone is not None:
+                z = self._figures(name, self.zone)
+                row.update({"zone_balanced_accuracy": z["balanced_accuracy"].mean(),
+                            "zone_roc_auc": z["roc_auc"].mean(),
+                            "zone_n_reactive": z["n_reactive"].mean(),
+                            "zone_n_tumoral": z["n_tumoral"].mean()})
+            rows[name] = row
         return pd.DataFrame(rows).T
 
     def versus(self, name: str, reference: str, *, n_boot: int = 1000) -> dict:
-        """Paired BA and AUC differences ``name`` − ``reference`` with 95 % CIs."""
+        """Paired BA and AUC differences ``name`` − ``reference`` with 95 % CIs, over all
+        patients and (``zone_*``) in the overlap zone."""
         ba = paired_delta(self.y, self.pred[name], self.pred[reference], n_boot=n_boot)
         auc = paired_delta(self.y, self.proba[name], self.proba[reference], n_boot=n_boot,
                            stat=roc_auc_score)
-        return {"model": name, "reference": reference, "delta": ba["delta"], "ci95": ba["ci95"],
-                "p_not_better": ba["p_not_better"], "auc_delta": auc["delta"],
-                "auc_ci95": auc["ci95"]}
+        out = {"model": name, "reference": reference, "delta": ba["delta"], "ci95": ba["ci95"],
+               "p_not_better": ba["p_not_better"], "auc_delta": auc["delta"],
+               "auc_ci95": auc["ci95"]}
+        if self.zone is not None:
+            za = self._figures(name, self.zone)["balanced_accuracy"]
+            zb = self._figures(reference, self.zone)["balanced_accuracy"]
+            out["zone_delta"] = float(np.nanmean(za - zb))
+        return out
+
+    def zone_summary(self, name: str = "nested", reference: str = "clinical-logreg", *,
+                     n_boot: int = 1000) -> dict:
+        """Figures of ``name`` in the overlap zone, paired against ``reference`` on the same
+        patients and folds: ``{n_reactive, n_tumoral, nested: {ba, auc, ci95}, clinical:
+        {ba, auc}, gain: {delta, ci95}}`` (the zone of each held-out patient was learnt from
+        its fold's training patients; counts are per repeat, averaged)."""
+        if self.zone is None:
+            raise ValueError("no zone: the cohort frame had no lymphocyte count")
+        a, b = self._figures(name, self.zone), self._figures(reference, self.zone)
+        y = self.y
+        # patients resampled within each repeat's zone: the figure's sampling spread
+        lo, hi = _zone_bootstrap(y, self.pred[name], self.zone, n_boot=n_boot)
+        glo, ghi = _zone_bootstrap(y, self.pred[name], self.zone, reference=self.pred[reference],
+                                   n_boot=n_boot)
+        return {"n_reactive": float(a["n_reactive"].mean()), "n_tumoral": float(a["n_tumoral"].mean()),
+                "nested": {"ba": float(a["balanced_accuracy"].mean()),
+                           "auc": float(a["roc_auc"].mean()), "ci95": [lo, hi]},
+                "clinical": {"ba": float(b["balanced_accuracy"].mean()),
+                             "auc": float(b["roc_auc"].mean())},
+                "gain": {"delta": float((a["balanced_accuracy"] - b["balanced_accuracy"]).mean()),
+                         "ci95": [glo, ghi]}}
 
     def triage_summary(self, name: str = "nested", *, n_boot: int = 1000) -> dict:
         """Out-of-fold triage of ``name``: each fold's threshold was chosen on its training
@@ -217,11 +298,17 @@ class CVResult:
                 "fold_thresholds_range": [float(th.min()), float(th.max())]}
 
 
-def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, folds: int = 5,
-              repeats: int = 2, inner_folds: int = 3, seed: int = 0,
+def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, fallbacks=None, folds: int = 5,
+              repeats: int = 2, inner_folds: int = 3, inner_repeats: int = 2, seed: int = 0,
               target_sensitivity: float = 0.95, n_jobs: int = 1, callback=None,
               internal_depth=None) -> CVResult:
     """Repeated stratified K-fold of :class:`cellfeat.models.ModelChoice`.
+
+    In each outer fold the rule is fitted on the outer training patients only, and the
+    held-out patients are called as ``cellfeat score`` would call them with the saved
+    model: routed to the chosen model or a fallback (:mod:`cellfeat.models.routing`), each
+    at its own thresholds, and placed in or out of the overlap zone learnt from the
+    training patients of that fold.
 
     Parameters
     ----------
@@ -231,9 +318,11 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, folds: int = 5,
     y : array of {0, 1}
     eligible : list of str, optional
         Candidates the rule may choose (default all); the others get paired rows only.
+    fallbacks : dict, optional
+        Route -> candidate name (see :class:`~cellfeat.models.ModelChoice`).
     folds, repeats : int
         Outer CV: ``repeats`` × ``folds`` splits.
-    inner_folds : int
+    inner_folds, inner_repeats : int
         Inner CV of calibration, thresholds and choice (as in the saved model).
     internal_depth : tuple of int, optional
         Folds of the CV levels inside a candidate's fit, for the data-size guard
@@ -251,19 +340,26 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, folds: int = 5,
     check_cohort_size(y, (folds, inner_folds, *depth))
     outer = list(RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats,
                                          random_state=seed).split(np.zeros(len(y)), y))
-    rule = ModelChoice(cands, eligible=eligible, cv=inner_folds, random_state=seed,
+    rule = ModelChoice(cands, eligible=eligible, fallbacks=fallbacks, cv=inner_folds,
+                       repeats=inner_repeats, random_state=seed,
                        target_sensitivity=target_sensitivity)
+    counts = (pd.to_numeric(X["LYMPH_COUNT"], errors="coerce").to_numpy(float)
+              if isinstance(X, pd.DataFrame) and "LYMPH_COUNT" in X else None)
 
     def task(k):
         from sklearn.base import clone
 
         tr, te = outer[k]
-        fitted = clone(rule).fit(X.iloc[tr], y[tr])
-        out = {}
+        fitted = clone(rule).fit(rows(X, tr), y[tr])
+        calls = fitted.calls(rows(X, te))
+        out = {"nested": (calls["PROBA"].to_numpy(), calls["LABEL"].to_numpy(),
+                          calls["CYTOMETRY"].to_numpy())}
+        info = {}
         for name, m in fitted.models_.items():
-            p = m.predict_proba(X.iloc[te])[:, 1]
-            out[name] = (p, m.threshold_, m.triage_threshold_, m.inner_score_)
-        return k, fitted.chosen_, out
+            p = m.predict_proba(rows(X, te))[:, 1]
+            out[name] = (p, call(p, m.threshold_), call(p, m.triage_threshold_))
+            info[name] = (m.threshold_, m.triage_threshold_, fitted.selection_.get(name))
+        return k, fitted.chosen_, fitted.zone_limit_, out, info
 
     names = [n for n, _ in cands] + ["nested"]
     res = CVResult(ids=list(X.index), y=y, target_sensitivity=target_sensitivity)
@@ -271,22 +367,30 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, folds: int = 5,
         res.proba[n] = np.full((repeats, len(y)), np.nan)
         res.pred[n] = np.full((repeats, len(y)), -1)
         res.triage[n] = np.full((repeats, len(y)), -1)
-    rows, chosen = [], {}
-    for k, best, out in Parallel(n_jobs=n_jobs, return_as="generator")(
+    res.zone = np.ones((repeats, len(y)), bool)
+    res.fold = np.full((repeats, len(y)), -1)
+    rows_, chosen, limits = [], {}, {}
+    for k, best, limit, out, info in Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(task)(k) for k in range(len(outer))):
         r, te = k // folds, outer[k][1]
-        chosen[k] = best
-        for name, (p, thr, tri, inner) in out.items():
-            for key in (name, "nested") if name == best else (name,):
-                res.proba[key][r, te] = p
-                res.pred[key][r, te] = p >= thr
-                res.triage[key][r, te] = p >= tri
-            rows.append({"split": k, "repeat": r, "candidate": name, "chosen": name == best,
-                         "inner_balanced_accuracy": inner, "threshold": thr,
-                         "triage_threshold": tri,
-                         "outer_balanced_accuracy": balanced_accuracy_score(y[te], p >= thr)})
+        chosen[k], limits[k] = best, limit
+        res.fold[r, te] = k % folds
+        if limit is not None and counts is not None:
+            res.zone[r, te] = in_zone(counts[te], limit)
+        for name, (p, pred, tri) in out.items():
+            res.proba[name][r, te] = p
+            res.pred[name][r, te] = pred
+            res.triage[name][r, te] = tri
+        for name, (thr, tri, sel) in info.items():
+            rows_.append({"split": k, "repeat": r, "candidate": name, "chosen": name == best,
+                          "inner_log_loss": sel["loss"] if sel else np.nan,
+                          "inner_gap_se": sel["gap_se"] if sel else np.nan,
+                          "threshold": thr, "triage_threshold": tri, "zone_limit": limit,
+                          "outer_balanced_accuracy": balanced_accuracy_score(
+                              y[te], out[name][1])})
         if callback:
             callback()
     res.chosen = [chosen[k] for k in range(len(outer))]
-    res.fold_scores = pd.DataFrame(rows).sort_values(["split", "candidate"]).reset_index(drop=True)
+    res.zone_limits = [limits[k] for k in range(len(outer))]
+    res.fold_scores = pd.DataFrame(rows_).sort_values(["split", "candidate"]).reset_index(drop=True)
     return res

@@ -62,6 +62,7 @@ ESTIMATOR_TYPES = frozenset({
     "cellfeat.models.inputs.MILFeatures", "cellfeat.models.learners.BalancedXGBClassifier",
     "cellfeat.models.stacking.GatedMixture", "cellfeat.decision.CalibratedDecision",
     "cellfeat.models.learners.ClinicalLogReg", "cellfeat.models.stacking.ImageLogit",
+    "cellfeat.models.inputs.ZoneMeans",
     "cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding",
     "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
     "sklearn.impute._base.SimpleImputer", "sklearn.preprocessing._data.StandardScaler",
@@ -77,8 +78,9 @@ ESTIMATOR_TYPES = frozenset({
 #: into modules (issue 23; commit 45f3e90 and earlier) give them. Each resolves, through the
 #: ``cellfeat.models`` package face, to the very class listed above, so accepting the name
 #: admits no new code; ``tests/test_golden.py`` loads such a bundle.
-MOVED_TYPES = frozenset({f"cellfeat.models.{name.rsplit('.', 1)[1]}" for name in ESTIMATOR_TYPES
-                         if name.startswith(("cellfeat.models.", "cellfeat.decision."))})
+MOVED_TYPES = frozenset(f"cellfeat.models.{name}" for name in (
+    "ClinicalFeatures", "CellBagFeatures", "MILFeatures", "BalancedXGBClassifier",
+    "GatedMixture", "CalibratedDecision", "ClinicalLogReg", "ImageLogit"))
 
 #: skops loader -> the exact ``module.Class`` names it may carry in a cellfeat bundle.
 TYPES_BY_LOADER = {

@@ -66,8 +66,7 @@ def trained(synthetic_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     rc = main(["--quiet", "train", str(synthetic_root), "--features", str(d / "f"), "--model",
                str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3", "--repeats",
-               "1", "--candidates", "clinical-logreg", "clinical+meanstd-logreg",
-               "--jobs", "1"])
+               "1", "--candidates", "clinical+mean-ridge", "--jobs", "1"])
     assert rc == 0
     return d
 
@@ -78,10 +77,12 @@ def test_train_writes_bundle_and_report(trained):
     from pipelines.bundle import load_bundle
 
     m = json.loads((trained / "report" / "metrics.json").read_text())
-    # the baseline and the image fallback always get rows of their own on the same folds
-    assert set(m["candidates"]) == {"clinical-logreg", "clinical+meanstd-logreg",
-                                    "meanstd-logreg", "nested"}
-    assert m["selection"]["candidates"] == ["clinical-logreg", "clinical+meanstd-logreg"]
+    # the comparator, the fallbacks and the reference model always get rows of their own
+    # on the same folds
+    assert set(m["candidates"]) == {"clinical-logreg", "clinical+mean-ridge", "mean-ridge",
+                                    "clinical+zonemean-ridge", "nested"}
+    assert m["selection"]["candidates"] == ["clinical+mean-ridge"]
+    assert m["selection"]["comparator"] == "clinical-logreg"
     assert set(m["nested_choices"]) <= set(m["selection"]["candidates"])
     for k in ("balanced_accuracy", "balanced_accuracy_std", "balanced_accuracy_ci_low",
               "roc_auc", "sensitivity", "specificity", "brier"):
@@ -97,8 +98,18 @@ def test_train_writes_bundle_and_report(trained):
     assert meta["chosen"] == m["chosen"] == m["selection"]["chosen"]
     assert models["main"].threshold_ == meta["decision"]["threshold"]
     assert models["main"].triage_threshold_ == meta["decision"]["triage_threshold"] == t["threshold"]
+    # issue 19: the overlap zone, learnt from the training patients, in metrics.json
+    z = m["zone"]
+    assert {"rule", "limit", "n_reactive", "n_tumoral", "nested", "clinical", "gain"} <= set(z)
+    assert {"ba", "auc", "ci95"} <= set(z["nested"]) and {"ba", "auc"} <= set(z["clinical"])
+    assert z["gain"]["delta"] == pytest.approx(z["nested"]["ba"] - z["clinical"]["ba"])
+    assert z["limit"] == meta["zone"]["limit"]
+    assert "inner_balanced_accuracy" not in m["selection"]  # no in-sample figure up front
     readme = (trained / "report" / "README.md").read_text()
-    assert readme.splitlines()[2].startswith("- nested-CV balanced accuracy")
+    first = readme.splitlines()[2:7]
+    assert first[0].startswith("- nested-CV estimate of the whole procedure")
+    assert "in the overlap zone" in first[1] and "gain over the clinical comparator" in first[2]
+    assert "in the zone" in first[2] and "target 95 %" in first[3]
     assert "How the model was chosen" in readme and "spared cytometry" in readme
     for f in ("README.md", "roc.png", "confusion.png", "calibration.png", "triage.png",
               "image_vs_clinical.png"):
@@ -135,10 +146,17 @@ def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
 
     models, meta = load_bundle(trained / "m.skops")
     assert (pred["MODEL"] == "main").all()
-    assert (pred["THRESHOLD"] == round(meta["decision"]["threshold"], 6)).all()
+    assert (pred["THRESHOLD"] == meta["decision"]["threshold"]).all()
+    # the CSV's numbers are printed at 3 decimals and the calls agree with them as printed
+    assert (pred["PROBA"] == pred["PROBA"].round(3)).all()
     assert (pred["LABEL"] == (pred["PROBA"] >= pred["THRESHOLD"]).astype(int)).all()
     tri = meta["decision"]["triage_threshold"]
+    assert tri <= meta["decision"]["threshold"]
     assert (pred["TRIAGE"] == np.where(pred["PROBA"] >= tri, "cytometry", "none")).all()
+    limit = meta["zone"]["limit"]
+    counts = cohort.clinical.loc[pred["ID"], "LYMPH_COUNT"].to_numpy()
+    assert (pred["ZONE"] == np.where(counts <= limit, "overlap", "count")).all()
+    assert not pred["IN_TRAINING"].any()
     sub = pd.read_csv(tmp_path / "a_submission.csv")
     assert list(sub.columns) == ["Id", "Predicted"] and len(sub) == len(pred)
     assert len(list((tmp_path / "a_montages").glob("*.png"))) == len(pred)
@@ -261,14 +279,20 @@ def test_bundle_from_other_version_is_refused(trained, monkeypatch):
         bundle.load_bundle(trained / "m.skops")
 
 
-def test_score_all_lists_every_clinical_row_once(synthetic_root, trained, tmp_path):
+def test_score_all_lists_every_clinical_row_once(synthetic_root, trained, tmp_path, capsys):
     out = tmp_path / "all.csv"
     assert main(["--quiet", "score", str(synthetic_root), "--features", str(trained / "f"),
                  "--model", str(trained / "m.skops"), "--jobs", "1", "--all",
                  "--out", str(out)]) == 0
     pred = pd.read_csv(out)
-    assert sorted(pred["ID"]) == sorted(load_cohort(synthetic_root).clinical.index)
+    cohort = load_cohort(synthetic_root)
+    assert sorted(pred["ID"]) == sorted(cohort.clinical.index)
     assert pred["STATUS"].notna().all()
+    # the training patients are marked, and the run says their calls are in-sample
+    assert sorted(pred.loc[pred["IN_TRAINING"], "ID"]) == sorted(cohort.labelled)
+    err = capsys.readouterr().err
+    assert f"{len(cohort.labelled)} of the {len(pred)} scored patients were training" in err
+    assert "in-sample" in err
 
 
 # --- score: who is scored, with which ages, and what the submission says ----------------

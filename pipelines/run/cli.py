@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--candidates", nargs="+", default=None,
                    help="candidates the selection rule may choose, any order (default: "
-                   "cellfeat.models.DEFAULT_CANDIDATES; clinical-logreg and meanstd-logreg "
-                   "always get figures)")
+                   "cellfeat.models.DEFAULT_CANDIDATES: clinical+mean-ridge, "
+                   "clinical+bags-xgb); the clinical comparator clinical-logreg, the fallbacks "
+                   "and the reference models always get figures on the same folds")
     p.add_argument("--cnn", action="store_true",
                    help="add the CNN candidates (needs torch; about 30 extra minutes of CPU "
                    "on 120 patients with the default CV; they did not beat the hand-crafted "

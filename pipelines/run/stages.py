@@ -13,7 +13,7 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import DEFAULT_REFERENCE_DATE, Cohort, load_cohort
-from cellfeat.extract import QC_COLUMN
+from cellfeat.decision import DECIMALS
 from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
@@ -102,6 +102,10 @@ def load_frame(cohort: Cohort, feat_dir: Path) -> pd.DataFrame:
     return cohort_frame(cohort.clinical, cells, patients, crops=crops or None)
 
 
+#: The clinical-only model every figure is read against (and the clinical fallback).
+COMPARATOR = "clinical-logreg"
+
+
 def stage_train(args):
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
@@ -109,9 +113,10 @@ def stage_train(args):
     from cellfeat.cnn import torch_available
     from cellfeat.evaluation import nested_cv
     from cellfeat.mil import MISVM
-    from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, DEFAULT_CANDIDATES,
+    from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, DEFAULT_CANDIDATES, FALLBACKS,
                                  REFERENCE_CANDIDATES, MILFeatures, ModelChoice,
                                  available_candidates, cv_depth, make_pipeline)
+    from cellfeat.zone import ZONE_RULE, in_zone, zone_limit
 
     from ..bundle import save_bundle
     from ..report.html import reference_distributions, write_train_report
@@ -146,19 +151,20 @@ def stage_train(args):
     missing = [n for n in names if n not in available]
     if missing:
         raise StageError(f"candidate(s) {missing} need torch: pip install 'cellfeat[cnn]'")
-    # the baseline and the fallbacks always get figures on the same folds; complexity order
-    # (CANDIDATES order) is the tie-break, whatever order the command line gave
-    fitted = set(names) | {"clinical-logreg", *REFERENCE_CANDIDATES}
+    # the comparator, the fallbacks and the reference models always get figures on the same
+    # folds; complexity order (CANDIDATES order) is the tie-break, whatever order was given
+    fitted = set(names) | {COMPARATOR, *FALLBACKS.values(), *REFERENCE_CANDIDATES}
     order = [n for n in CANDIDATES if n in fitted]
     candidates = [(n, make_pipeline(n, calibrated=False)) for n in order]
-    inner = 3
+    inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
     try:
         from cellfeat.evaluation import check_cohort_size
 
-        check_cohort_size(y, (args.folds, inner, *cv_depth(order)))
+        check_cohort_size(y, (args.folds, inner[0], *cv_depth(order)))
+        zone_limit(lab["LYMPH_COUNT"], y)
     except ValueError as exc:
         raise StageError(f"{args.data}: {exc}") from None
-    _log(f"train: rule = {RULE.format(inner=inner)}")
+    _log(f"train: rule = {RULE.format(inner=inner[0], repeats=inner[1])}")
     _log(f"  candidates (simplest first): {', '.join(n for n in order if n in names)}; "
          f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
     _log(f"  nested CV: {args.repeats}x{args.folds}-fold outer CV of the whole rule on "
@@ -166,39 +172,50 @@ def stage_train(args):
     t0 = time.perf_counter()
     bar = tqdm(total=args.folds * args.repeats, desc="outer folds", unit="fold",
                disable=args.quiet)
+    rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target)
     with threadpool_limits(1):  # BLAS threads fight joblib's workers on small problems
-        res = nested_cv(candidates, lab, y, eligible=names, folds=args.folds,
-                        repeats=args.repeats, inner_folds=inner, seed=args.seed,
-                        target_sensitivity=target, n_jobs=args.jobs, callback=bar.update)
+        res = nested_cv(candidates, lab, y, folds=args.folds, repeats=args.repeats,
+                        inner_folds=inner[0], inner_repeats=inner[1], seed=args.seed,
+                        n_jobs=args.jobs, callback=bar.update, **rule_args)
         bar.close()
         _log(f"  nested CV took {time.perf_counter() - t0:.0f} s; fitting the rule on all "
              f"{len(y)} patients ...")
-        rule = ModelChoice(candidates, eligible=names, cv=inner, random_state=args.seed,
-                           target_sensitivity=target).fit(lab, y)
+        rule = ModelChoice(candidates, cv=inner[0], repeats=inner[1], random_state=args.seed,
+                           **rule_args).fit(lab, y)
         explainer = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
     summary = res.summary()
     chosen, final = rule.chosen_, rule.model_
-    gain = res.versus("nested", "clinical-logreg")
+    gain = res.versus("nested", COMPARATOR)
     gain_auc = {k: gain[k] for k in ("auc_delta", "auc_ci95")}
-    fallbacks = {"clinical": rule.models_["clinical-logreg"],
-                 "image": rule.models_[REFERENCE_CANDIDATES[0]]}
+    fallbacks = {k: m for k, m in rule.routes_.items() if k != "main"}
+    in_zone_now = in_zone(lab["LYMPH_COUNT"], rule.zone_limit_)
+    zone = {"rule": ZONE_RULE, "limit": rule.zone_limit_,
+            "training_reactive": int((in_zone_now & (y == 0)).sum()),
+            "training_tumoral": int((in_zone_now & (y == 1)).sum()),
+            **res.zone_summary("nested", COMPARATOR)}
     meta = {
         "chosen": chosen, "cell_features": list(FEATURE_NAMES),
         "feature_settings": json.loads((feat_dir / "settings.json").read_text()),
         "reference_date": cohort.reference_date, "cv": summary.reset_index(names="candidate")
         .to_dict(orient="records"), "folds": args.folds, "repeats": args.repeats,
-        "inner_folds": inner, "seed": args.seed, "n_patients": int(len(y)),
-        "n_tumoral": int(y.sum()), "trained": datetime.now().isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "selection": {"rule": RULE.format(inner=inner), "candidates": [n for n in order if n in names],
-                      "complexity_order": order, "figures_only": [n for n in order if n not in names],
-                      "inner_balanced_accuracy": rule.inner_scores_, "chosen": chosen,
+        "inner_folds": inner[0], "inner_repeats": inner[1], "seed": args.seed,
+        "n_patients": int(len(y)), "n_tumoral": int(y.sum()),
+        "trained": datetime.now().isoformat(timespec="seconds"), "versions": _versions(),
+        "training_ids": [str(i) for i in lab.index],
+        "selection": {"rule": RULE.format(inner=inner[0], repeats=inner[1]),
+                      "candidates": [n for n in order if n in names],
+                      "complexity_order": order, "comparator": COMPARATOR,
+                      "fallbacks": dict(FALLBACKS),
+                      "figures_only": [n for n in order if n not in names],
+                      "inner_log_loss_in_sample": rule.selection_, "chosen": chosen,
                       "nested_choices": pd.Series(res.chosen).value_counts().to_dict()},
         "nested": {k: float(summary.loc["nested", k]) for k in summary.columns},
+        "zone": zone,
         "images_vs_clinical": {k: gain[k] for k in ("delta", "ci95", "p_not_better")} | gain_auc,
         "triage": {**res.triage_summary("nested"), "threshold": final.triage_threshold_},
         "decision": {"threshold": final.threshold_, "triage_threshold": final.triage_threshold_,
                      "target_sensitivity": target, "platt": list(final.platt_),
+                     "decimals": DECIMALS,
                      "fallback_thresholds": {k: {"threshold": m.threshold_,
                                                  "triage_threshold": m.triage_threshold_}
                                              for k, m in fallbacks.items()}},
@@ -230,60 +247,55 @@ def _versions() -> dict:
             "numpy": np.__version__, "pandas": pd.__version__}
 
 
-def score_frame(models: dict, frame: pd.DataFrame) -> pd.DataFrame:
+def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None = None,
+                training_ids=()) -> pd.DataFrame:
     """Predictions with a STATUS per patient, using fallbacks where inputs are missing.
 
-    ``PROBA`` is the calibrated P(tumoral) of the model named in ``MODEL``; ``LABEL`` is 1
-    (tumoral) when ``PROBA >= THRESHOLD``, that model's decision threshold; ``TRIAGE`` is
-    ``cytometry`` when ``PROBA`` reaches its triage threshold, else ``none``. A row
-    without a call has all four empty."""
-    clinical_cols = {"AGE": "AGE", "LYMPH_COUNT": "LYMPH_COUNT", "GENDER": "GENDER"}
+    The calls are :func:`cellfeat.models.routed_calls`, the very function the nested CV of
+    the rule evaluates. ``PROBA`` is the calibrated P(tumoral) of the model named in
+    ``MODEL``; ``LABEL`` is 1 (tumoral) when ``PROBA`` reaches ``THRESHOLD``, that model's
+    decision threshold, compared as both are printed (:data:`cellfeat.decision.DECIMALS`
+    decimals); ``TRIAGE`` is ``cytometry`` when ``PROBA`` reaches its triage threshold,
+    else ``none``. A row without a call has all four empty. ``ZONE`` is ``overlap`` when
+    the count is at or below the bundle's overlap-zone limit (the images carry the call),
+    ``count`` above it; ``IN_TRAINING`` marks patients the model was trained on, whose
+    calls are in-sample."""
+    from cellfeat.models import routed_calls
+    from cellfeat.models.routing import REQUIRED_CLINICAL, usable_cells
+    from cellfeat.zone import zone_names
+
+    calls = routed_calls(models, frame)
     n_cells = frame["CELLS"].map(len)
-    n_used = frame["CELLS"].map(lambda c: int((c[QC_COLUMN] == "ok").sum()) if len(c) else 0)
-    missing = frame[list(clinical_cols)].isna()
-    # every candidate imputes what is missing with training medians; an unknown gender is
-    # one input among several and does not justify dropping the clinical data, whereas a
-    # missing age or count is what the clinical and main models lean on most
-    required = [c for c in clinical_cols if c != "GENDER"]
-    out = pd.DataFrame({"ID": frame.index, "LABEL": pd.array([pd.NA] * len(frame), "Int64"),
-                        "PROBA": np.nan, "THRESHOLD": np.nan, "TRIAGE": "",
-                        "N_CELLS": n_cells.to_numpy(),
-                        "N_CELLS_USED": n_used.to_numpy(), "STATUS": "", "MODEL": ""})
-    out.index = frame.index
-    has_img = n_used > 0
-    has_clin = ~missing[required].any(axis=1)
-    route = pd.Series("none", index=frame.index)
-    route[has_img & has_clin] = "main"
-    route[has_img & ~has_clin] = "image"
-    route[~has_img & has_clin] = "clinical"
-    for key in ("main", "image", "clinical"):
-        idx = route.index[route == key]
-        if not len(idx):
-            continue
-        model = models.get(key) or models["main"]
-        # one calibrated probability, two explicit thresholds stored in the bundle: the
-        # call and the triage are read off PROBA, so LABEL == (PROBA >= THRESHOLD) always
-        proba = model.predict_proba(frame.loc[idx])[:, 1]
-        out.loc[idx, "PROBA"] = proba
-        out.loc[idx, "THRESHOLD"] = model.threshold_
-        out.loc[idx, "LABEL"] = pd.array((proba >= model.threshold_).astype(int), "Int64")
-        out.loc[idx, "TRIAGE"] = np.where(proba >= model.triage_threshold_, "cytometry", "none")
-        out.loc[idx, "MODEL"] = key if key != "main" else "main"
-    for pid in frame.index:
+    n_used = usable_cells(frame)
+    missing = frame[[*REQUIRED_CLINICAL, "GENDER"]].isna()
+    called = calls["ROUTE"] != "none"
+    out = pd.DataFrame({
+        "ID": frame.index,
+        "LABEL": pd.array(np.where(called, calls["LABEL"], 0), "Int64"),
+        "PROBA": calls["PROBA"].to_numpy(), "THRESHOLD": calls["THRESHOLD"].to_numpy(),
+        "TRIAGE": np.where(calls["CYTOMETRY"] == 1, "cytometry", "none"),
+        "ZONE": (zone_names(pd.to_numeric(frame["LYMPH_COUNT"], errors="coerce"), zone_limit)
+                 if zone_limit is not None else ""),
+        "N_CELLS": n_cells.to_numpy(), "N_CELLS_USED": n_used, "STATUS": "",
+        "MODEL": np.where(called, calls["ROUTE"], ""),
+        "IN_TRAINING": frame.index.astype(str).isin([str(i) for i in training_ids])},
+        index=frame.index)
+    out.loc[~called.to_numpy(), "LABEL"] = pd.NA
+    out.loc[~called.to_numpy(), "TRIAGE"] = ""
+    for pid, route, n, used in zip(frame.index, calls["ROUTE"], n_cells, n_used):
         why = []
-        if missing.loc[pid, required].any():
-            why.append("missing " + "/".join(c for c in required if missing.loc[pid, c]))
-        if n_cells[pid] == 0:
+        if missing.loc[pid, list(REQUIRED_CLINICAL)].any():
+            why.append("missing " + "/".join(c for c in REQUIRED_CLINICAL if missing.loc[pid, c]))
+        if n == 0:
             why.append("no images")
-        elif n_used[pid] == 0:
-            why.append(f"no usable cells of {n_cells[pid]}")
-        r = route[pid]
-        if r == "main":
+        elif used == 0:
+            why.append(f"no usable cells of {n}")
+        if route == "main":
             status = "ok: gender unknown, imputed" if missing.loc[pid, "GENDER"] else "ok"
-        elif r == "none":
+        elif route == "none":
             status = "no call: " + "; ".join(why)
         else:
-            status = f"{r} only: " + "; ".join(why)
+            status = f"{route} only: " + "; ".join(why)
         out.loc[pid, "STATUS"] = status
     return out.reset_index(drop=True)
 
@@ -319,9 +331,17 @@ def stage_score(args):
     # per-patient cache is shared, so a patient seen at training is not recomputed
     feat_dir = feature_stage(args, cohort, sub="scored")
     frame = load_frame(cohort, feat_dir)
-    pred = score_frame(models, frame)
+    zone = meta.get("zone") or {}
+    pred = score_frame(models, frame, zone_limit=zone.get("limit"),
+                       training_ids=meta.get("training_ids", ()))
+    seen = int(pred["IN_TRAINING"].sum())
+    if seen:
+        _log(f"  note: {seen} of the {len(pred)} scored patients were training patients of this "
+             f"model: their calls are in-sample (the model has seen their labels), not an "
+             f"estimate of how it does on new patients; the training report's nested-CV "
+             f"figures are that estimate")
     out = Path(args.out)
-    write_csv(out, pred, index=False, float_format="%.6f")
+    write_csv(out, pred, index=False, float_format=f"%.{DECIMALS}f")  # as compared
     # every scored patient has a row; -1 marks a patient without a call (see STATUS in OUT)
     sub = pd.DataFrame({"Id": pred["ID"], "Predicted": pred["LABEL"].fillna(-1).astype(int)})
     write_csv(out.with_name(out.stem + "_submission.csv"), sub, index=False)
