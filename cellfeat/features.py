@@ -107,7 +107,9 @@ __all__ = [
     "rim_width_std", "centroid_offset", "red_cell_indentation", "relative_od",
     "basophilia", "density_ratio", "od_heterogeneity", "glcm_contrast", "glcm_homogeneity",
     "glcm_energy", "glcm_entropy", "glcm_correlation", "clumping_index", "granularity",
-    "granule_fraction", "nucleolus_spots",
+    "granule_fraction", "nucleolus_spots", "deepest_concavity", "concavity_count",
+    "hairiness", "edge_basophilia", "granule_size_mean", "granule_size_spread",
+    "spatial_autocorrelation", "granule_red_shift", "nucleolus_prominence",
 ]
 
 GLCM_LEVELS = 16
@@ -121,9 +123,26 @@ GLCM_RANGE_TAIL = 0.01
 #: GLCM pixel distances of the nucleus: 1 for fine grain, 4 for clumps (chromatin at two
 #: scales); the cytoplasm uses 1 only.
 GLCM_DISTANCES = (1, 4)
+#: Octagon steps of the nucleus's granulometry: grains whose largest inscribed octagon has
+#: radius 0 to 3 px are told apart (diameter up to 7 px, about 0.8 µm on the dlmi images:
+#: a chromatin clump); larger structure is the nucleus's own relief.
+GRANULOMETRY_STEPS = 4
+#: Pixel distance of the red-density correlation of the nucleus, between the GLCM's fine
+#: (1) and clump (4) distances.
+RED_CORRELATION_DISTANCE = 2
+#: Smoothing (share of the equivalent radius) of the cell outline for hairiness.
+HAIRINESS_SIGMA = 1 / 8
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 8
+FEATURES_REVISION = 9
 FEATURES_CHANGELOG = {
+    9: "Issue 24, the descriptors haematologists read. Added: Nucleus_Shape_DeepestConcavity "
+       "and Nucleus_Shape_ConcavityCount (notches, clefts), Cell_Shape_Hairiness (villi), "
+       "Cytoplasm_Colour_OD_EdgeBasophilia (basophilic edge), "
+       "Cytoplasm_Colour_GranuleRedShift (azurophilic granules), "
+       "Nucleus_Texture_NucleolusProminence, Nucleus_Texture_GranuleSizeMean and "
+       "Nucleus_Texture_GranuleSizeSpread (granulometry of the chromatin), "
+       "Nucleus_Texture_RedDensityCorrelation (Puigvi's cyan correlation, stain-invariant). "
+       "No existing formula changed.",
     8: "GLCM and OD heterogeneity read the density smoothed within each region (Gaussian "
        "0.8 px), committed after 7 in the same session: caches of 7 are recomputed.",
     7: "Texture, heterogeneity, granularity and nucleoli read the green-channel optical "
@@ -318,6 +337,101 @@ def red_cell_indentation(red_in_deficiency: float, cell_hull_area: float) -> flo
     return float(red_in_deficiency / cell_hull_area) if cell_hull_area > 0 else np.nan
 
 
+def _concavity_depths(contour: np.ndarray) -> np.ndarray:
+    """Depth of each concavity of a closed outline, in pixels: for every edge of the convex
+    hull, the largest distance from the hull edge's line to the outline between its two
+    ends (the depth of OpenCV's convexity defects, computed directly so that an outline
+    whose hull indices are not monotonous cannot fail). One value per hull edge, ≥ 0; 0
+    where the outline follows the hull.
+    """
+    c = np.asarray(contour).reshape(-1, 2)
+    if len(c) < 3:
+        return np.zeros(0)
+    idx = np.sort(cv2.convexHull(c.astype(np.int32).reshape(-1, 1, 2),
+                                 returnPoints=False).ravel())
+    # start the outline at the first hull vertex: each hull edge then owns one contiguous
+    # run of points, from its start vertex to the point before the next one
+    c = np.roll(c, -idx[0], axis=0).astype(np.float64)
+    starts = idx - idx[0]
+    ends = np.append(starts[1:], 0)  # the last edge closes the loop at the first vertex
+    run = np.diff(np.append(starts, len(c)))
+    a, b = np.repeat(c[starts], run, axis=0), np.repeat(c[ends], run, axis=0)
+    ab, ap = b - a, c - a
+    length = np.hypot(ab[:, 0], ab[:, 1])
+    dist = np.abs(ab[:, 0] * ap[:, 1] - ab[:, 1] * ap[:, 0]) / np.maximum(length, 1e-12)
+    return np.maximum.reduceat(np.where(length > 0, dist, 0.0), starts)
+
+
+def deepest_concavity(depths: np.ndarray, area_: float) -> float:
+    """Deepest notch or cleft of the nucleus: max_k depth_k / √(A/π), ≥ 0, unitless.
+
+    ``depths`` are the outline's concavity depths (:func:`_concavity_depths`: distance from
+    each convex-hull edge to the outline below it), divided by the equivalent radius of the
+    region of area A. 0 for a convex outline (a digital disc reads under about 0.05, the
+    pixel staircase); a notch reaching the centre reads about 1. Cleaved (mantle-cell) and
+    deeply cleft (follicular lymphoma) nuclei read high, while their area-based solidity
+    barely moves (a cleft is thin). NaN for an empty region.
+
+    References: Bain B. J., *Blood Cells: A Practical Guide*, 5th ed. (2015), ch. 3 and 9
+    (cleaved and notched nuclei); Puigví L. et al., J Clin Pathol 70, 1038-1048 (2017).
+    """
+    if area_ <= 0:
+        return np.nan
+    return float(depths.max() / np.sqrt(area_ / np.pi)) if len(depths) else 0.0
+
+
+def concavity_count(depths: np.ndarray, area_: float, fraction: float = 0.15) -> float:
+    """Number of notches and clefts: #{k : depth_k > ``fraction`` · √(A/π)}, an integer ≥ 0.
+
+    Concavities deeper than 0.15 of the equivalent radius (about 5 px for a typical dlmi
+    nucleus of radius 32 px, well beyond the one-pixel staircase of a digital outline and
+    the 1-2 px ragging of a segmented edge). 0 for a round or oval nucleus, 1 for a notched
+    or kidney-shaped one, 2 or more for a cleaved or lobulated one. NaN for an empty
+    region.
+    """
+    if area_ <= 0:
+        return np.nan
+    return float(np.count_nonzero(depths > fraction * np.sqrt(area_ / np.pi)))
+
+
+def _smooth_closed_curve(points: np.ndarray, sigma: float, length: float) -> np.ndarray:
+    # Gaussian smoothing of a closed curve's coordinates along its arc length, wrapping
+    # around the closure. sigma (pixels) is converted to points with the curve's length
+    # per point; the length is the outline's simplified perimeter (:func:`perimeter`),
+    # since the 1 and sqrt(2) px steps of the pixel chain overstate a smooth curve's length
+    from scipy.ndimage import gaussian_filter1d
+
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(p) < 3 or not length > 0:
+        return p.copy()
+    return gaussian_filter1d(p, sigma * len(p) / length, axis=0, mode="wrap", truncate=3.0)
+
+
+def hairiness(contour: np.ndarray, smoothed: np.ndarray, area_: float) -> float:
+    """Fine-scale roughness (hairiness, villi) of an outline against its smoothed self:
+    mean_k |b_k − s_k| / √(A/π), ≥ 0, unitless.
+
+    b_k are the outline's points and s_k the same points after a Gaussian smoothing along
+    the arc length with σ = √(A/π) / 8 (an eighth of the equivalent radius, so the scale
+    follows the cell's size whatever the magnification), which keeps the cell's shape and
+    dents and removes projections finer than about σ. A disc of radius R reads about
+    1 − exp(−1/128) ≈ 0.008 (the smoothing shrinks a circle by that share) plus the pixel
+    staircase (under 0.5 px / R); an outline r(θ) = R(1 + a cos kθ) with k ≫ 8 and waves
+    of more than a pixel reads about 2a/π (mean |a cos|; the disc's offsets average out
+    within the waves). Villous (splenic marginal-zone) and hairy cells read
+    high. Projections narrower than the segmenter's final 5×5 opening of the cell mask
+    are not seen. NaN for an empty region.
+
+    Reference: Puigví L. et al., "Quantitative cytologic descriptors to differentiate
+    CLL, Sézary, granular, and villous lymphocytes through image analysis", Am J Clin
+    Pathol 152(1), 74-85 (2019) ("hairiness").
+    """
+    if area_ <= 0 or len(contour) == 0:
+        return np.nan
+    d = np.asarray(contour, np.float64).reshape(-1, 2) - smoothed
+    return float(np.hypot(d[:, 0], d[:, 1]).mean() / np.sqrt(area_ / np.pi))
+
+
 # ------------------------------------------------------------------------- colour
 
 
@@ -375,6 +489,29 @@ def od_heterogeneity(density_mean: float, density_std: float) -> float:
     the region is as light as the plasma (μ ≤ 0).
     """
     return float(density_std / density_mean) if density_mean > 0 else np.nan
+
+
+def edge_basophilia(od_outer: float, od_inner: float) -> float:
+    """Basophilic edge of the cytoplasm: ln(OD_R(outer) / OD_R(inner)), unitless, real.
+
+    OD_R is the red-channel optical density against the plasma (ln(1 + lower median)
+    per region, as every colour feature; red light is what the blue, basic dye absorbs)
+    of the outer and inner halves of the cytoplasm: a cytoplasm pixel is *outer* when it is
+    nearer to the cell's outline than to the nucleus, *inner* otherwise; the one-pixel
+    rings along the outline and along the nucleus are left out (there the pixels mix with
+    the plasma or the chromatin). 0 for an evenly stained cytoplasm, positive when the
+    periphery is more basophilic (the dark-blue edge of reactive and activated
+    lymphocytes), negative for a paler edge. A ratio of two ODs of one channel: gains,
+    gamma, stain strength and a per-channel OD scale cancel (module docstring). NaN when a
+    half has fewer than :data:`MIN_REGION_PIXELS` pixels or absorbs nothing (OD ≤ 0).
+
+    Reference: Bain B. J., *Blood Cells: A Practical Guide*, 5th ed. (2015), ch. 3
+    (reactive lymphocytes: "cytoplasm ... more basophilic at the periphery").
+    """
+    a, b = float(od_outer), float(od_inner)
+    if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
+        return np.nan
+    return float(np.log(a / b))
 
 
 # ------------------------------------------------------------------------- texture
@@ -495,6 +632,144 @@ def nucleolus_spots(blackhat: np.ndarray, inner: np.ndarray, reference_density: 
     return int(keep.sum()), float(a[keep].sum())
 
 
+def granule_size_mean(spectrum: np.ndarray) -> float:
+    """Mean granule size of the chromatin: the mean of the nucleus's granulometric curve,
+    Σ_n n·PS(n) / Σ_n PS(n), in pixels (an octagon's radius), in [0, 3].
+
+    PS(n) is the pattern spectrum of the green-channel density D inside the nucleus
+    (smoothed within the nucleus as for GLCM): with V(n) the sum over the nucleus of D
+    after a grey opening by the octagon B_n of n steps (3×3 cross and 3×3 square
+    alternately, nearly a disc of radius n; restricted to the nucleus so that its outline
+    is not a grain) and V(0) = Σ D, PS(n) = V(n) − V(n + 1), n = 0 … 3
+    (:data:`GRANULOMETRY_STEPS` = 4), is the density held by dense grains whose largest
+    inscribed octagon has radius n (n = 0: finer than the 5-pixel cross). Fine, open
+    chromatin reads low; coarse, clumped ("soccer-ball") CLL chromatin higher. Openings
+    commute with adding a constant and scale with D, so gains and stain strength cancel in
+    the normalised curve. NaN for a flat nucleus (nothing removed).
+
+    References: Matheron G., *Random Sets and Integral Geometry* (1975); Maragos P.,
+    "Pattern spectrum and multiscale shape representation", IEEE PAMI 11(7), 701-716
+    (1989); Puigví L. et al., Am J Clin Pathol 152(1), 74-85 (2019) (granulometric curve
+    of the nucleus).
+    """
+    total = spectrum.sum()
+    if not total > 0:
+        return np.nan
+    return float(np.arange(len(spectrum)) @ spectrum / total)
+
+
+def granule_size_spread(spectrum: np.ndarray) -> float:
+    """Spread of chromatin granule sizes: the standard deviation of the nucleus's
+    granulometric curve, √(Σ_n (n − n̄)² PS(n) / Σ_n PS(n)), in pixels, in [0, 1.5].
+
+    Same pattern spectrum as :func:`granule_size_mean`. 0 when all the grains have one
+    size; large when fine grain and large clumps mix (Puigví et al. 2019 found the SD of
+    the nucleus's granulometric curve specific for cerebriform, Sézary-cell chromatin).
+    NaN for a flat nucleus.
+    """
+    total = spectrum.sum()
+    if not total > 0:
+        return np.nan
+    n = np.arange(len(spectrum))
+    mean = n @ spectrum / total
+    return float(np.sqrt(((n - mean) ** 2) @ spectrum / total))
+
+
+def spatial_autocorrelation(values: np.ndarray, mask: np.ndarray, distance: int) -> float:
+    """Moran's I of a per-pixel quantity x inside a region, for pixels ``distance`` apart:
+    I = [Σ_(p,q) z_p z_q / n_pairs] / [Σ_p z_p² / n], z = x − x̄ over the region; in
+    [−1, 1] (up to edge effects), unitless.
+
+    Pairs (p, q) have both pixels in the region and q − p one of (0, d), (e, e), (d, 0),
+    (e, −e), e = round(d/√2) (scikit-image's GLCM offsets); n is the region's pixel count.
+    Nothing is quantised (unlike a GLCM correlation), and I is invariant to any increasing
+    affine map of x. Near 1 for clumps larger than d, near 0 for grain finer than d,
+    negative for a period of about 2d. NaN when the region has no pair or is flat.
+
+    On the nucleus's red-channel density (``Nucleus_Texture_RedDensityCorrelation``), the
+    stain-invariant counterpart of Puigví et al.'s "cyan correlation" of the nucleus, which
+    identified clumped chromatin (cyan is the ink that absorbs red: in a May-Grünwald-Giemsa
+    smear, the basic dye's share of the chromatin stain).
+
+    References: Moran P. A. P., "Notes on continuous stochastic phenomena", Biometrika 37,
+    17-23 (1950); Puigví L. et al., Am J Clin Pathol 152(1), 74-85 (2019).
+    """
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    bx, by, w, h = cv2.boundingRect(m8)
+    m8 = np.ascontiguousarray(m8[by:by + h, bx:bx + w])
+    if cv2.countNonZero(m8) < 2:
+        return np.nan
+    x = np.ascontiguousarray(values[by:by + h, bx:bx + w], dtype=np.float32)
+    mean, sd = cv2.meanStdDev(x, mask=m8)
+    if not sd[0, 0] > 1e-6:
+        return np.nan
+    z = (x - np.float32(mean[0, 0])) * m8  # 0 outside: a pair with a pixel outside adds nothing
+    d, e = int(distance), int(round(distance / np.sqrt(2)))
+    products, pairs = 0.0, 0
+    for dy, dx in ((0, d), (e, e), (d, 0), (e, -e)):
+        r1, c0, c1 = h - dy, max(0, -dx), w - max(0, dx)
+        if r1 <= 0 or c1 <= c0:
+            continue
+        a = (slice(0, r1), slice(c0, c1))
+        b = (slice(dy, r1 + dy), slice(c0 + dx, c1 + dx))
+        products += cv2.sumElems(cv2.multiply(z[a], z[b], dtype=cv2.CV_64F))[0]
+        pairs += cv2.countNonZero(cv2.bitwise_and(m8[a], m8[b]))
+    if not pairs:
+        return np.nan
+    return float(products / pairs / sd[0, 0] ** 2)
+
+
+def granule_red_shift(tophat_red: np.ndarray, tophat_green: np.ndarray, mask: np.ndarray,
+                      reference_density: float, cytoplasm_ratio: float,
+                      level: float = 0.25) -> float:
+    """Colour of the cytoplasm's granules against the cytoplasm itself (azurophilia):
+    ln ρ_C − ln(Σ_g ΔD_R / Σ_g ΔD_G), unitless, real.
+
+    The sums run over the granule pixels g of :func:`granule_fraction` (white top-hat,
+    5×5, of the green density D_G above ``level`` = 0.25 of the nucleus's mean D_G); ΔD_R
+    and ΔD_G are the top-hats of the red and green densities there (the granules' excess
+    density over their surroundings, per channel), and ρ_C = mean D_R / mean D_G of the
+    cytoplasm. 0 for granules of the cytoplasm's own colour (dense patches of blue
+    cytoplasm), positive for granules redder (more red-purple: absorbing green more than
+    red) than the cytoplasm, as azurophilic granules of large granular lymphocytes are. A
+    per-channel scale of density moves both terms by the same amount and gains cancel in
+    top-hats and plasma-referenced densities: invariant (module docstring). NaN when the
+    region has no granule pixel or a reference is undefined.
+
+    References: Bain B. J., *Blood Cells: A Practical Guide*, 5th ed. (2015), ch. 3 (large
+    granular lymphocytes); Puigví L. et al., Am J Clin Pathol 152(1), 74-85 (2019)
+    (cytoplasmic granulation read from the cytoplasm's red-green colour component).
+    """
+    if not mask.any() or not reference_density > 0 or not cytoplasm_ratio > 0:
+        return np.nan
+    g = tophat_green[mask]
+    granule = g > level * reference_density
+    red, green = float(tophat_red[mask][granule].sum()), float(g[granule].sum())
+    if not (red > 0 and green > 0):
+        return np.nan
+    return float(np.log(cytoplasm_ratio) - np.log(red / green))
+
+
+def nucleolus_prominence(blackhat: np.ndarray, inner: np.ndarray,
+                         reference_density: float) -> float:
+    """Prominence of the palest spot in the chromatin: max over the nucleus interior of the
+    3×3 mean of the black top-hat of density, relative to the nucleus's mean density,
+    max_p mean_3×3(close_9×9(D) − D)(p) / μ_N(D), ≥ 0, unitless.
+
+    Same black top-hat and interior (the nucleus eroded by 2 px) as
+    :func:`nucleolus_spots`, read as a depth rather than counted above a threshold: how
+    much paler than the surrounding chromatin the palest spot of at least 3×3 px (and
+    smaller than 9×9) is. 0 for flat chromatin; a spot as pale as the cytoplasm reads
+    (D_N − D_spot)/μ_N. A prolymphocyte's single prominent nucleolus reads high, mature
+    small lymphocytes (inconspicuous nucleoli) low. Gains and stain strength cancel
+    (relative to the nucleus's density). 0 when the interior is empty.
+    """
+    if not inner.any() or not reference_density > 0:
+        return 0.0
+    box = cv2.blur(blackhat, (3, 3), borderType=cv2.BORDER_REPLICATE)
+    return float(box[inner].max() / reference_density)
+
+
 # ------------------------------------------------------------------------- references
 
 
@@ -547,15 +822,16 @@ def lower_median(values: np.ndarray) -> np.ndarray:
     return np.partition(values, k, axis=0)[k]
 
 
-def masked_lower_median(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def masked_lower_median(image: np.ndarray, mask: np.ndarray, channels=(0, 1, 2)) -> np.ndarray:
     """Per-channel :func:`lower_median` of a uint8 (H, W, 3) image under a mask, from
-    256-bin histograms (a few times cheaper than sorting the pixels)."""
+    256-bin histograms (a few times cheaper than sorting the pixels); one value per entry
+    of ``channels``."""
     m = np.ascontiguousarray(mask).view(np.uint8)
     n = cv2.countNonZero(m)
-    out = np.empty(3)
-    for c in range(3):
+    out = np.empty(len(channels))
+    for k, c in enumerate(channels):
         h = cv2.calcHist([image], [c], m, [256], [0, 256]).ravel()
-        out[c] = np.searchsorted(np.cumsum(h), (n - 1) // 2 + 1)
+        out[k] = np.searchsorted(np.cumsum(h), (n - 1) // 2 + 1)
     return out
 
 
@@ -732,12 +1008,53 @@ class CellMeasurements:
         return (m["m10"] / m["m00"], m["m01"] / m["m00"])
 
     @cached_property
+    def nucleus_distance(self) -> np.ndarray:
+        """Distance (pixels, float32) from each pixel to the nearest nucleus pixel."""
+        outside = np.ascontiguousarray(~self.nucleus).view(np.uint8)
+        return cv2.distanceTransform(outside, cv2.DIST_L2, 5)
+
+    @cached_property
     def rim_widths(self) -> np.ndarray:
         """Distance (pixels) from each cell-boundary pixel to the nearest nucleus pixel."""
-        outside = np.ascontiguousarray(~self.nucleus).view(np.uint8)
-        dist = cv2.distanceTransform(outside, cv2.DIST_L2, 5)
         c = self.cell_contour
-        return dist[c[:, 1], c[:, 0]]
+        return self.nucleus_distance[c[:, 1], c[:, 0]]
+
+    @cached_property
+    def nucleus_concavities(self) -> np.ndarray:
+        """Depth (pixels) of each concavity of the nucleus outline, one per hull edge."""
+        return _concavity_depths(self.contour)
+
+    @cached_property
+    def cell_contour_smoothed(self) -> np.ndarray:
+        """The cell outline smoothed along its arc length by a Gaussian of
+        :data:`HAIRINESS_SIGMA` times the cell's equivalent radius."""
+        return _smooth_closed_curve(self.cell_contour,
+                                    HAIRINESS_SIGMA * np.sqrt(self.cell_area / np.pi),
+                                    self.cell_perimeter)
+
+    @cached_property
+    def cytoplasm_halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """Outer and inner halves of the cytoplasm (bool masks): a pixel is outer when it is
+        nearer to the outside of the cell than to the nucleus; the one-pixel rings along
+        the outline and along the nucleus belong to neither."""
+        to_outside = cv2.distanceTransform(self.cell_u8, cv2.DIST_L2, 3)
+        to_nucleus = self.nucleus_distance
+        core = self.cytoplasm & (to_outside > 1.5) & (to_nucleus > 1.5)
+        outer = core & (to_outside < to_nucleus)
+        return outer, core & ~outer
+
+    @cached_property
+    def cytoplasm_halves_red_od(self) -> tuple[float, float]:
+        """OD_R = ln P_R − ln(1 + lower median of R) of the outer and inner cytoplasm
+        halves (NaN under :data:`MIN_REGION_PIXELS` pixels)."""
+        out = []
+        for half in self.cytoplasm_halves:
+            if np.count_nonzero(half) < MIN_REGION_PIXELS:
+                out.append(np.nan)
+            else:
+                out.append(float(self.references.plasma[0]
+                                 - _LN[int(masked_lower_median(self.rgb, half, (0,))[0])]))
+        return out[0], out[1]
 
     @cached_property
     def red_in_deficiency(self) -> float:
@@ -769,31 +1086,41 @@ class CellMeasurements:
         """OD_c(region) = ln P_c − ln(1 + lower median) per channel, against the plasma."""
         return self.references.plasma - self.region_ln_median(region)
 
-    @cached_property
-    def density(self) -> np.ndarray:
-        """Per-pixel optical density of the green channel in linear light,
-        D = ln L(P_G) − ln L(G), float32, with L the sRGB decoding of 8-bit codes.
+    def channel_density(self, channel: int) -> np.ndarray:
+        """Per-pixel optical density of one channel (0 R, 1 G, 2 B) in linear light,
+        D_c = ln L(P_c) − ln L(c), float32, with L the sRGB decoding of 8-bit codes.
 
-        Where the plasma reference is missing, code 255 stands in for P_G: texture and the
+        Where the plasma reference is missing, code 255 stands in for P_c: texture and the
         relative measures read D only up to an additive constant and a scale."""
-        p = self.references.plasma[1]
-        code = int(round(np.expm1(p))) if np.isfinite(p) else 255
-        return _LN_LIN[code] - _LN_LIN[self.rgb[:, :, 1]]
+        cache = self.__dict__.setdefault("_densities", {})
+        if channel not in cache:
+            p = self.references.plasma[channel]
+            code = int(round(np.expm1(p))) if np.isfinite(p) else 255
+            cache[channel] = _LN_LIN[code] - _LN_LIN[self.rgb[:, :, channel]]
+        return cache[channel]
 
-    def smoothed_density(self, region: str) -> np.ndarray:
-        """D smoothed by a Gaussian of :data:`TEXTURE_SIGMA` px *within* a region
+    @property
+    def density(self) -> np.ndarray:
+        """D = D_G, the green channel's density (:meth:`channel_density`), where chromatin
+        absorbs most: what texture, heterogeneity, granularity and nucleoli read."""
+        return self.channel_density(1)
+
+    def smoothed_density(self, region: str, channel: int = 1) -> np.ndarray:
+        """D_c smoothed by a Gaussian of :data:`TEXTURE_SIGMA` px *within* a region
         (normalised convolution: blur(D·M) / blur(M)), so that no value from outside the
         region leaks in; a flat region stays flat. Values outside the region are 0."""
         cache = self.__dict__.setdefault("_smoothed", {})
-        if region not in cache:
+        if (region, channel) not in cache:
+            d = self.channel_density(channel)
             if TEXTURE_SIGMA <= 0:
-                cache[region] = self.density
+                cache[region, channel] = d
             else:
                 m = np.ascontiguousarray(getattr(self, region), dtype=np.float32)
-                num = cv2.GaussianBlur(self.density * m, (0, 0), TEXTURE_SIGMA)
+                num = cv2.GaussianBlur(d * m, (0, 0), TEXTURE_SIGMA)
                 den = cv2.GaussianBlur(m, (0, 0), TEXTURE_SIGMA)
-                cache[region] = np.where(m > 0, num / np.maximum(den, 1e-6), 0).astype(np.float32)
-        return cache[region]
+                cache[region, channel] = np.where(m > 0, num / np.maximum(den, 1e-6),
+                                                  0).astype(np.float32)
+        return cache[region, channel]
 
     def density_stats(self, region: str) -> tuple[float, float]:
         """Mean and standard deviation of the smoothed D over a region."""
@@ -812,11 +1139,11 @@ class CellMeasurements:
         return float(cv2.mean(self.density, mask=mask)[0])
 
     # ---- texture
-    def _tophat(self, inside: np.ndarray, kernel) -> np.ndarray:
+    def _tophat(self, inside: np.ndarray, kernel, channel: int = 1) -> np.ndarray:
         # outside the region the density is raised to its maximum, so that a lighter
         # surround (plasma around the cell, cytoplasm around the nucleus) does not turn the
         # region's own outline into "grains"
-        d = self.density.copy()
+        d = self.channel_density(channel).copy()
         d[~inside] = d.max()
         return cv2.morphologyEx(d, cv2.MORPH_TOPHAT, kernel)
 
@@ -831,14 +1158,61 @@ class CellMeasurements:
         return self._tophat(self.cell, _ELLIPSE5)
 
     @cached_property
-    def nucleoli(self) -> tuple[int, float]:
-        # on the nucleus's bounding box only (spots lie inside the eroded nucleus)
+    def tophat5_red(self) -> np.ndarray:
+        """White top-hat (5×5 ellipse) of the red-channel density D_R within the cell."""
+        return self._tophat(self.cell, _ELLIPSE5, channel=0)
+
+    @cached_property
+    def cytoplasm_red_green(self) -> float:
+        """ρ_C = mean D_R / mean D_G over the cytoplasm (NaN when undefined)."""
+        mask = np.ascontiguousarray(self.cytoplasm).view(np.uint8)
+        if cv2.countNonZero(mask) < MIN_REGION_PIXELS:
+            return np.nan
+        r, g = (cv2.mean(self.channel_density(c), mask=mask)[0] for c in (0, 1))
+        return float(r / g) if r > 0 and g > 0 else np.nan
+
+    @cached_property
+    def nucleus_blackhat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Black top-hat close_9×9(D) − D on the nucleus's bounding box, and the nucleus
+        interior (eroded by 2 px) on that box, where nucleoli are looked for."""
         nuc = np.ascontiguousarray(self.nucleus).view(np.uint8)
         x, y, w, h = cv2.boundingRect(nuc)
         blackhat = cv2.morphologyEx(self.density[y:y + h, x:x + w], cv2.MORPH_BLACKHAT,
                                     _ELLIPSE9, borderType=cv2.BORDER_REPLICATE)
         inner = cv2.erode(nuc[y:y + h, x:x + w], _ELLIPSE5).view(bool)
-        return nucleolus_spots(blackhat, inner, self.nucleus_density)
+        return blackhat, inner
+
+    @cached_property
+    def nucleoli(self) -> tuple[int, float]:
+        # on the nucleus's bounding box only (spots lie inside the eroded nucleus)
+        return nucleolus_spots(*self.nucleus_blackhat, self.nucleus_density)
+
+    @cached_property
+    def nucleus_red_smoothed(self) -> np.ndarray:
+        """The red-channel density D_R smoothed within the nucleus (as
+        :meth:`smoothed_density`), computed on the nucleus's bounding box only (the box is
+        placed in an array of the crop's shape; 0 elsewhere)."""
+        nuc = np.ascontiguousarray(self.nucleus).view(np.uint8)
+        x, y, w, h = cv2.boundingRect(nuc)
+        out = np.zeros(nuc.shape, np.float32)
+        box = (slice(y, y + h), slice(x, x + w))
+        d = self.channel_density(0)[box]
+        if TEXTURE_SIGMA <= 0:
+            out[box] = d
+            return out
+        m = nuc[box].astype(np.float32)
+        # zero padding: pixels beyond the box are outside the nucleus, as in the full crop
+        num = cv2.GaussianBlur(d * m, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_CONSTANT)
+        den = cv2.GaussianBlur(m, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_CONSTANT)
+        out[box] = np.where(m > 0, num / np.maximum(den, 1e-6), 0)
+        return out
+
+    @cached_property
+    def nucleus_pattern_spectrum(self) -> np.ndarray:
+        """Pattern spectrum PS(n), n = 0 … GRANULOMETRY_STEPS − 1, of the nucleus's
+        smoothed density (see :func:`granule_size_mean`)."""
+        return _pattern_spectrum(self.smoothed_density("nucleus"), self.nucleus,
+                                 GRANULOMETRY_STEPS)
 
     def glcm(self, region: str, distance: int = 1) -> np.ndarray | None:
         """Normalised, symmetric GLCM (four angles averaged) at a pixel distance of the
@@ -850,6 +1224,51 @@ class CellMeasurements:
                                          GLCM_DISTANCES if region == "nucleus" else (1,))
         ps = cache[region]
         return None if ps is None else ps.get(distance)
+
+
+#: The steps of the octagonal granulometry: 3×3 cross, then 3×3 square, alternately; n
+#: steps make an octagon of radius n (Serra 1982), nearly a disc.
+_OCTAGON_STEPS = (cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
+                  cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+
+
+def _octagon(n: int) -> np.ndarray:
+    """The structuring element of n steps, B_n = K_1 ⊕ … ⊕ K_n (K odd = 3×3 cross, K even
+    = 3×3 square), as a (2n + 1)² uint8 kernel: B_1 is the 5-pixel cross, B_2 the 5×5
+    square without its corners (21 pixels)."""
+    k = np.zeros((2 * n + 1, 2 * n + 1), np.uint8)
+    k[n, n] = 1
+    for i in range(n):
+        k = cv2.dilate(k, _OCTAGON_STEPS[i % 2])
+    return k
+
+
+def _pattern_spectrum(values: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
+    # Grey openings by the octagons B_1..B_steps restricted to the region: pixels outside
+    # it hold +big for the erosions and -big for the dilations, so they never win, and a
+    # value only ever travels from a region pixel (an n-step erosion is then the minimum
+    # over (p + B_n) within the region; no re-masking is needed between steps). So the
+    # region's own outline is no grain, and a grain touching it is still seen.
+    # PS(n) = V(n) - V(n + 1), V(0) = sum of values; the openings of a Minkowski family
+    # decrease, and the clip at 0 only guards rounding.
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    x, y, w, h = cv2.boundingRect(m8)
+    inside = m8[y:y + h, x:x + w]
+    outside = inside == 0
+    if outside.all():
+        return np.zeros(steps)
+    big = np.float32(1e6)
+    eroded = np.ascontiguousarray(values[y:y + h, x:x + w], dtype=np.float32).copy()
+    n_in = cv2.countNonZero(inside)
+    volumes = [cv2.mean(eroded, mask=inside)[0] * n_in]
+    eroded[outside] = big
+    for n in range(steps):
+        eroded = cv2.erode(eroded, _OCTAGON_STEPS[n % 2], borderValue=float(big))
+        opened = np.where(outside, -big, eroded)
+        for i in range(n + 1):
+            opened = cv2.dilate(opened, _OCTAGON_STEPS[i % 2], borderValue=float(-big))
+        volumes.append(cv2.mean(opened, mask=inside)[0] * n_in)
+    return np.maximum(-np.diff(volumes), 0.0)
 
 
 def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | None:
@@ -938,6 +1357,10 @@ _register("Nucleus_Shape_MinorAxisLength", ellipse_axes, lambda m: m.axes[1])
 _register("Nucleus_Shape_Eccentricity", eccentricity, lambda m: eccentricity(*m.axes))
 _register("Nucleus_Shape_BoundaryIrregularity", boundary_irregularity,
           lambda m: boundary_irregularity(m.contour, m.centroid))
+_register("Nucleus_Shape_DeepestConcavity", deepest_concavity,
+          lambda m: deepest_concavity(m.nucleus_concavities, m.nucleus_area))
+_register("Nucleus_Shape_ConcavityCount", concavity_count,
+          lambda m: concavity_count(m.nucleus_concavities, m.nucleus_area))
 
 # cell and cytoplasm shape
 _register("Cell_Shape_Area", area, lambda m: m.cell_area)
@@ -955,6 +1378,8 @@ _register("Cell_Shape_NucleusOffset", centroid_offset,
           lambda m: centroid_offset(m.centroid, m.cell_centroid, m.cell_area))
 _register("Cell_Shape_RedCellIndentation", red_cell_indentation,
           lambda m: red_cell_indentation(m.red_in_deficiency, area(m.cell_hull[1])))
+_register("Cell_Shape_Hairiness", hairiness,
+          lambda m: hairiness(m.cell_contour, m.cell_contour_smoothed, m.cell_area))
 _register("Cytoplasm_Shape_RimWidthMean", rim_width_mean, lambda m: rim_width_mean(m.rim_widths))
 _register("Cytoplasm_Shape_RimWidthStd", rim_width_std, lambda m: rim_width_std(m.rim_widths))
 
@@ -967,6 +1392,8 @@ _register("Cytoplasm_Colour_OD_Basophilia", basophilia,
           lambda m: basophilia(m.od("cytoplasm"), m.references.red_cell_od))
 _register("Cytoplasm_Colour_OD_NucleusDensityRatio", density_ratio,
           lambda m: density_ratio(m.od("cytoplasm"), m.od("nucleus")))
+_register("Cytoplasm_Colour_OD_EdgeBasophilia", edge_basophilia,
+          lambda m: edge_basophilia(*m.cytoplasm_halves_red_od))
 for _obj, _region in (("Nucleus", "nucleus"), ("Cytoplasm", "cytoplasm")):
     _register(f"{_obj}_Colour_OD_Heterogeneity", od_heterogeneity,
               lambda m, r=_region: od_heterogeneity(*m.density_stats(r)))
@@ -991,6 +1418,18 @@ _register("Cytoplasm_Texture_GranuleFraction", granule_fraction,
 _register("Nucleus_Texture_NucleolusCount", nucleolus_spots, lambda m: float(m.nucleoli[0]))
 _register("Nucleus_Texture_NucleolusAreaFraction", nucleolus_spots,
           lambda m: m.nucleoli[1] / m.nucleus_area if m.nucleus_area > 0 else np.nan)
+_register("Nucleus_Texture_NucleolusProminence", nucleolus_prominence,
+          lambda m: nucleolus_prominence(*m.nucleus_blackhat, m.nucleus_density))
+_register("Nucleus_Texture_GranuleSizeMean", granule_size_mean,
+          lambda m: granule_size_mean(m.nucleus_pattern_spectrum))
+_register("Nucleus_Texture_GranuleSizeSpread", granule_size_spread,
+          lambda m: granule_size_spread(m.nucleus_pattern_spectrum))
+_register("Nucleus_Texture_RedDensityCorrelation", spatial_autocorrelation,
+          lambda m: spatial_autocorrelation(m.nucleus_red_smoothed, m.nucleus,
+                                            RED_CORRELATION_DISTANCE))
+_register("Cytoplasm_Colour_GranuleRedShift", granule_red_shift,
+          lambda m: granule_red_shift(m.tophat5_red, m.tophat5, m.cytoplasm,
+                                      m.nucleus_density, m.cytoplasm_red_green))
 
 #: Every feature name, in registry order (the column order of feature tables).
 FEATURE_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -128,6 +128,83 @@ def test_red_cell_indentation():
     assert f["Cell_Shape_Solidity"] < 0.98
 
 
+def notched_disc(r=30, notches=((1, 0),), depth=12, width=6, size=200):
+    """A disc nucleus of radius r with radial slots ``width`` px wide cut ``depth`` px deep
+    from the outline, one per unit vector in ``notches`` (axis-aligned)."""
+    nucleus = disc((size, size), (size // 2, size // 2), r)
+    c = size // 2
+    for ux, uy in notches:
+        slot = np.zeros_like(nucleus)
+        if ux:
+            x0 = c + ux * (r - depth) if ux > 0 else c - r - 1
+            x1 = c + r + 1 if ux > 0 else c - (r - depth) + 1
+            slot[c - width // 2:c + width // 2, min(x0, x1):max(x0, x1)] = True
+        else:
+            y0 = c + uy * (r - depth) if uy > 0 else c - r - 1
+            y1 = c + r + 1 if uy > 0 else c - (r - depth) + 1
+            slot[min(y0, y1):max(y0, y1), c - width // 2:c + width // 2] = True
+        nucleus &= ~slot
+    return nucleus
+
+
+def test_nuclear_notches_by_hand():
+    # a slot 12 px deep and 6 px wide cut into a disc of radius 30: the hull edge across the
+    # slot's mouth lies on the circle, within a sagitta 3^2 / (2 x 30) = 0.15 px, so the
+    # notch is 12 px deep (+-1 px of pixel staircase); relative to the equivalent radius
+    img, _, cell = flat_cell(r=30, R=40)
+    for notches, count in ((((1, 0),), 1), (((1, 0), (0, -1)), 2)):
+        nucleus = notched_disc(notches=notches)
+        f = compute_features(img, make_seg(nucleus, cell))
+        r_eq = np.sqrt(nucleus.sum() / np.pi)
+        assert f["Nucleus_Shape_DeepestConcavity"] == pytest.approx(12 / r_eq, abs=1 / r_eq)
+        # 12 px > 0.15 x 30 = 4.5 px: each slot counts
+        assert f["Nucleus_Shape_ConcavityCount"] == count
+    # a disc: only the pixel staircase, far below 0.15 of the radius
+    plain = disc(cell.shape, (100, 100), 30)
+    f = compute_features(img, make_seg(plain, cell))
+    assert f["Nucleus_Shape_DeepestConcavity"] < 0.05 and f["Nucleus_Shape_ConcavityCount"] == 0
+
+
+def test_concavity_depths_match_opencv():
+    # OpenCV's convexityDefects (fixed point, depth x 256) is the reference the docstring
+    # names; ours is computed directly so that no hull order can make it raise
+    nucleus = notched_disc(notches=((1, 0), (0, 1), (-1, 0)))
+    contour = make_seg(nucleus, nucleus).contour
+    hull = np.sort(cv2.convexHull(contour.reshape(-1, 1, 2), returnPoints=False), axis=0)
+    ref = cv2.convexityDefects(contour.reshape(-1, 1, 2), hull).reshape(-1, 4)[:, 3] / 256
+    ours = F._concavity_depths(contour)
+    np.testing.assert_allclose(np.sort(ours[ours > 0.5]), np.sort(ref[ref > 0.5]), atol=0.01)
+    assert F.deepest_concavity(np.array([3.0, 6.0]), np.pi * 100) == pytest.approx(0.6)
+    assert F.concavity_count(np.array([1.0, 2.0, 6.0]), np.pi * 100) == 2  # > 1.5 px
+    assert np.isnan(F.deepest_concavity(np.array([1.0]), 0))
+
+
+def wavy_cell(R=60, k=24, amplitude=2.0, size=200):
+    """A cell whose outline is r(theta) = R + amplitude cos(k theta) (filled polygon)."""
+    t = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
+    r = R + amplitude * np.cos(k * t)
+    pts = np.stack([size / 2 + r * np.cos(t), size / 2 + r * np.sin(t)], axis=1)
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return m.astype(bool)
+
+
+def test_hairiness_by_hand():
+    img, nucleus, _ = flat_cell(r=20, R=30)
+    smooth = disc(nucleus.shape, (100, 100), 60)
+    wavy = wavy_cell()
+    h0 = compute_features(img, make_seg(nucleus, smooth))["Cell_Shape_Hairiness"]
+    h1 = compute_features(img, make_seg(nucleus, wavy))["Cell_Shape_Hairiness"]
+    # a disc: the smoothing (sigma = R/8 along the arc) shrinks a circle by
+    # 1 - exp(-1/128) = 0.0078 of R, plus the pixel staircase (under 0.5 px / 60)
+    assert 1 - np.exp(-1 / 128) < h0 < 1 - np.exp(-1 / 128) + 0.5 / 60
+    # 24 waves of 2 px: the smoothing keeps exp(-(24/8)^2 / 2) = 1 % of them, so each
+    # point lies |2 cos| px off the smoothed outline, 2 x 2/pi px on average: 0.0212 of R
+    # (the disc's offsets of under 1 px average out within waves of 2 px)
+    assert h1 == pytest.approx(2 * 2 / np.pi / 60, rel=0.1)
+    assert h1 > 2 * h0
+
+
 def test_disc_shape_features_through_the_segmenter():
     img = np.full((224, 224, 3), (238, 222, 205), np.uint8)
     cv2.circle(img, (112, 112), 38, (182, 175, 215), -1)  # cytoplasm rim
@@ -224,6 +301,35 @@ def test_no_red_cells_gives_nan_relative_colour():
     assert np.isnan(f["Nucleus_Colour_OD_R_RelRBC"]) and np.isnan(f["Cytoplasm_Colour_OD_Basophilia"])
     # features that need only the plasma stay defined
     assert np.isfinite(f["Cytoplasm_Colour_OD_NucleusDensityRatio"])
+
+
+def test_edge_basophilia_by_hand():
+    # cytoplasm ring between the nucleus (r=14) and the outline (R=34): pixels farther than
+    # (14 + 34) / 2 = 24 px from the centre are nearer the outline (the outer half); paint
+    # them bluer and darker. Each half is flat, so its lower median is its colour:
+    # expected ln(OD_R(edge) / OD_R(cytoplasm)) against the plasma, ln(I + 1) encoding.
+    edge_colour = (120, 150, 190)
+    img, nucleus, cell = flat_cell(r=14, R=34)
+    outer = cell & ~disc(cell.shape, (100, 100), 24)
+    img[outer] = edge_colour
+    seg = make_seg(nucleus, cell)
+    f = compute_features(img, seg)
+    expected = np.log(od(edge_colour)[0] / od(CYTO)[0])
+    assert expected > 0.3  # the drawing really is more basophilic at the edge
+    assert f["Cytoplasm_Colour_OD_EdgeBasophilia"] == pytest.approx(expected, rel=1e-5)
+    # an evenly stained cytoplasm reads 0
+    img0, nucleus0, cell0 = flat_cell(r=14, R=34)
+    assert compute_features(img0, make_seg(nucleus0, cell0))[
+        "Cytoplasm_Colour_OD_EdgeBasophilia"] == 0
+    # other gains (R x0.95, B x1.04) and gamma 0.9: a ratio of two red ODs, unchanged up to
+    # the rounding to 8 bits
+    x = np.arange(256) / 255.0
+    luts = [np.clip(np.rint(255 * (a * x) ** 0.9), 0, 255).astype(np.uint8)
+            for a in (0.95, 1.0, 1.04)]
+    shifted = np.stack([luts[c][img[:, :, c]] for c in range(3)], axis=2)
+    assert compute_features(shifted, seg)["Cytoplasm_Colour_OD_EdgeBasophilia"] == \
+        pytest.approx(expected, rel=0.02)
+    assert F.edge_basophilia(np.e, 1.0) == pytest.approx(1) and np.isnan(F.edge_basophilia(0, 1))
 
 
 # ------------------------------------------------------------------------ texture
@@ -325,9 +431,94 @@ def test_one_nucleolus():
     f = compute_features(img, make_seg(nucleus, cell))
     assert f["Nucleus_Texture_NucleolusCount"] == 1
     assert f["Nucleus_Texture_NucleolusAreaFraction"] == pytest.approx(spot.sum() / nucleus.sum())
+
+    # its prominence: the 3x3 block at the spot's centre lies inside it, where the 9x9
+    # closing fills the spot up to the chromatin: (D_N - D_spot) / mean_N(D)
+    d = lambda g: np.log(srgb_linear(PLASMA[1]) / srgb_linear(g))  # noqa: E731  green OD
+    n, k = nucleus.sum(), spot.sum()
+    mean_dn = (d(NUCLEUS[1]) * (n - k) + d(CYTO[1]) * k) / n
+    assert f["Nucleus_Texture_NucleolusProminence"] == pytest.approx(
+        (d(NUCLEUS[1]) - d(CYTO[1])) / mean_dn, rel=1e-4)
     # the same spot at the nucleus's edge is a notch, not a nucleolus
     img2, nucleus2, cell2 = flat_cell(r=25, R=34)
-    assert compute_features(img2, make_seg(nucleus2, cell2))["Nucleus_Texture_NucleolusCount"] == 0
+    flat = compute_features(img2, make_seg(nucleus2, cell2))
+    assert flat["Nucleus_Texture_NucleolusCount"] == 0
+    assert flat["Nucleus_Texture_NucleolusProminence"] == 0  # flat chromatin
+
+
+def test_granulometry_by_hand(monkeypatch):
+    # dense dots (G = 20) on a flat nucleus (G = 40), each dot a structuring element of the
+    # granulometry: 4 single pixels (size 0), 2 crosses B_1 (5 px, size 1) and one B_2
+    # (5x5 without corners, 21 px, size 2). An opening by B_n keeps a dot of shape B_m,
+    # m >= n, whole (a Minkowski sum is open under its summands) and flattens a smaller one
+    # to the plateau, so each dot's whole excess density lands at its size:
+    # PS ~ (4 x 1, 2 x 5, 21, 0) x (D(20) - D(40)); mean size (0x4 + 1x10 + 2x21) / 35.
+    # (without the 0.8 px smoothing, which would spread each dot over its neighbours)
+    monkeypatch.setattr(F, "TEXTURE_SIGMA", 0)
+    img, nucleus, cell = flat_cell(r=25, R=34)
+    dots = [((88, 88), 0), ((112, 88), 0), ((88, 112), 0), ((112, 112), 0),
+            ((100, 84), 1), ((100, 116), 1), ((100, 100), 2)]
+    for (x, y), n in dots:
+        if n == 0:
+            img[y, x] = (60, 20, 110)
+        else:
+            k = F._octagon(n).astype(bool)
+            img[y - n:y + n + 1, x - n:x + n + 1][k] = (60, 20, 110)
+    f = compute_features(img, make_seg(nucleus, cell))
+    w = np.array([4 * 1, 2 * 5, 21, 0], float)
+    size = np.arange(4)
+    mean = size @ w / w.sum()
+    assert mean == pytest.approx(52 / 35)
+    assert f["Nucleus_Texture_GranuleSizeMean"] == pytest.approx(mean, rel=1e-5)
+    assert f["Nucleus_Texture_GranuleSizeSpread"] == pytest.approx(
+        np.sqrt(((size - mean) ** 2) @ w / w.sum()), rel=1e-5)
+    # a flat nucleus has no grain: nothing to average
+    img0, nucleus0, cell0 = flat_cell(r=25, R=34)
+    assert np.isnan(compute_features(img0, make_seg(nucleus0, cell0))[
+        "Nucleus_Texture_GranuleSizeMean"])
+    assert F._octagon(1).sum() == 5 and F._octagon(2).sum() == 21
+
+
+def test_red_density_correlation_by_hand(monkeypatch):
+    # 40x40 stripes 4 px wide in two red levels (R = 80 and 120), balanced, so every pair
+    # product z_p z_q is +(delta/2)^2 within a stripe and -(delta/2)^2 across:
+    # I = 1 - 2 x crossing / pairs. At d = 2 (offsets (0,2), (1,1), (2,0), (1,-1)):
+    # (0,2) 40 x 38 pairs, 40 x 18 cross; (1,1) and (1,-1) 39 x 39, 39 x 9 cross each;
+    # (2,0) 38 x 40, none -> 1422 crossing of 6082.
+    monkeypatch.setattr(F, "TEXTURE_SIGMA", 0)
+    img, nucleus, cell = stripes_nucleus(width=4)
+    f = compute_features(img, make_seg(nucleus, cell))
+    assert f["Nucleus_Texture_RedDensityCorrelation"] == pytest.approx(1 - 2 * 1422 / 6082,
+                                                                        rel=1e-6)
+    # Moran's I is invariant to an affine map of the values; a flat region has none
+    vals = np.where(nucleus, np.arange(200)[None, :] % 8 < 4, 0).astype(np.float32)
+    i1 = F.spatial_autocorrelation(vals, nucleus, 2)
+    assert F.spatial_autocorrelation(3 * vals + 7, nucleus, 2) == pytest.approx(i1, rel=1e-6)
+    assert np.isnan(F.spatial_autocorrelation(np.ones((5, 5), np.float32),
+                                              np.ones((5, 5), bool), 2))
+
+
+def test_granule_red_shift_by_hand():
+    # 5 single dots of chromatin colour in a flat cytoplasm: each dot's top-hat is its own
+    # density above the cytoplasm's, per channel, so
+    # expected = ln(rho_C) - ln((D_R(dot) - D_R(C)) / (D_G(dot) - D_G(C))), rho_C the ratio of
+    # the cytoplasm's mean red and green densities (dots included), linear light
+    img, nucleus, cell = flat_cell(r=20, R=34)
+    dots = [(100 + 27 * np.cos(a), 100 + 27 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 6)[:-1]]
+    for x, y in dots:
+        img[int(round(y)), int(round(x))] = NUCLEUS
+    f = compute_features(img, make_seg(nucleus, cell))
+    d = lambda c, k: np.log(srgb_linear(PLASMA[k]) / srgb_linear(c[k]))  # noqa: E731
+    n = (cell & ~nucleus).sum()
+    mean = lambda k: (d(CYTO, k) * (n - 5) + d(NUCLEUS, k) * 5) / n  # noqa: E731
+    excess = (d(NUCLEUS, 0) - d(CYTO, 0)) / (d(NUCLEUS, 1) - d(CYTO, 1))
+    expected = np.log(mean(0) / mean(1)) - np.log(excess)
+    assert expected > 0  # chromatin colour is redder (absorbs green more) than the cytoplasm
+    assert f["Cytoplasm_Colour_GranuleRedShift"] == pytest.approx(expected, rel=1e-4)
+    # no granule, no colour to read
+    img0, nucleus0, cell0 = flat_cell(r=20, R=34)
+    assert np.isnan(compute_features(img0, make_seg(nucleus0, cell0))[
+        "Cytoplasm_Colour_GranuleRedShift"])
 
 
 # ------------------------------------------------------------------------ registry
