@@ -401,9 +401,9 @@ def hairiness(contour: np.ndarray, smoothed: np.ndarray, area_: float) -> float:
     1 − exp(−1/128) ≈ 0.008 (the smoothing shrinks a circle by that share) plus the pixel
     staircase (under 0.5 px / R); an outline r(θ) = R(1 + a cos kθ) with k ≫ 8 and waves
     of more than a pixel reads about 2a/π (mean |a cos|; the disc's offsets average out
-    within the waves). Villous (splenic marginal-zone) and hairy cells read
-    high. Projections narrower than the segmenter's final 5×5 opening of the cell mask
-    are not seen. NaN for an empty region.
+    within the waves). Villous (splenic marginal-zone) and hairy cells read high.
+    Projections narrower than the segmenter's final 5×5 opening of the cell mask are not
+    seen. NaN for an empty region.
 
     Reference: Puigví L. et al., "Quantitative cytologic descriptors to differentiate
     CLL, Sézary, granular, and villous lymphocytes through image analysis", Am J Clin
@@ -472,8 +472,6 @@ def od_heterogeneity(density_mean: float, density_std: float) -> float:
     the region is as light as the plasma (μ ≤ 0).
     """
     return float(density_std / density_mean) if density_mean > 0 else np.nan
-
-
 
 
 # ------------------------------------------------------------------------- texture
@@ -1115,7 +1113,8 @@ class CellMeasurements:
 
 
 #: The steps of the octagonal granulometry: 3×3 cross, then 3×3 square, alternately; n
-#: steps make an octagon of radius n (Serra 1982), nearly a disc.
+#: steps make an octagon of radius n, nearly a disc (Serra J., *Image Analysis and
+#: Mathematical Morphology*, 1982).
 _OCTAGON_STEPS = (cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
                   cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
 
