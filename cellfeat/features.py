@@ -107,7 +107,9 @@ __all__ = [
     "rim_width_std", "centroid_offset", "red_cell_indentation", "relative_od",
     "basophilia", "density_ratio", "od_heterogeneity", "glcm_contrast", "glcm_homogeneity",
     "glcm_energy", "glcm_entropy", "glcm_correlation", "clumping_index", "granularity",
-    "granule_fraction", "nucleolus_spots",
+    "granule_fraction", "nucleolus_spots", "deepest_concavity", "hairiness",
+    "granule_size_mean", "granule_size_spread", "spatial_autocorrelation",
+    "nucleolus_prominence",
 ]
 
 GLCM_LEVELS = 16
@@ -121,9 +123,30 @@ GLCM_RANGE_TAIL = 0.01
 #: GLCM pixel distances of the nucleus: 1 for fine grain, 4 for clumps (chromatin at two
 #: scales); the cytoplasm uses 1 only.
 GLCM_DISTANCES = (1, 4)
+#: Octagon steps of the nucleus's granulometry: grains whose largest inscribed octagon has
+#: radius 0 to 3 px are told apart (diameter up to 7 px, about 0.8 µm on the dlmi images:
+#: a chromatin clump); larger structure is the nucleus's own relief.
+GRANULOMETRY_STEPS = 4
+#: Pixel distance of the red-density correlation of the nucleus, between the GLCM's fine
+#: (1) and clump (4) distances.
+RED_CORRELATION_DISTANCE = 2
+#: Smoothing (share of the equivalent radius) of the cell outline for hairiness.
+HAIRINESS_SIGMA = 1 / 8
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 8
+FEATURES_REVISION = 9
 FEATURES_CHANGELOG = {
+    9: "Issue 24, the descriptors haematologists read. Added: "
+       "Nucleus_Shape_DeepestConcavity (notches, clefts), Cell_Shape_Hairiness (villi), "
+       "Nucleus_Texture_NucleolusProminence, Nucleus_Texture_GranuleSizeMean and "
+       "Nucleus_Texture_GranuleSizeSpread (granulometry of the chromatin), "
+       "Nucleus_Texture_RedDensityCorrelation (Puigvi's cyan correlation, made "
+       "stain-invariant). Built and retired in the same revision by the rule fixed before "
+       "the evidence (in-zone out-of-fold AUC of the patient mean and SD within the "
+       "permutation null, and removing it did not lower the nested in-zone AUC): "
+       "Nucleus_Shape_ConcavityCount, Cytoplasm_Colour_OD_EdgeBasophilia (outer against "
+       "inner cytoplasm), Cytoplasm_Colour_GranuleRedShift (granule colour against the "
+       "cytoplasm). Not added: a red-shifted granule fraction (Spearman 0.99 with "
+       "Cytoplasm_Texture_GranuleFraction: a duplicate). No existing formula changed.",
     8: "GLCM and OD heterogeneity read the density smoothed within each region (Gaussian "
        "0.8 px), committed after 7 in the same session: caches of 7 are recomputed.",
     7: "Texture, heterogeneity, granularity and nucleoli read the green-channel optical "
@@ -318,6 +341,80 @@ def red_cell_indentation(red_in_deficiency: float, cell_hull_area: float) -> flo
     return float(red_in_deficiency / cell_hull_area) if cell_hull_area > 0 else np.nan
 
 
+def _concavity_depths(contour: np.ndarray) -> np.ndarray:
+    """Depth of each concavity of a closed outline, in pixels: for every edge of the convex
+    hull that the outline leaves, the largest distance from the hull edge's line to the
+    outline between its two ends (OpenCV's convexity defects, to 1/256 px). The hull
+    indices are sorted, so that they are monotonous as OpenCV requires whatever order the
+    hull came in; a hull of under 3 points (a degenerate outline) has no concavity.
+    """
+    c = np.ascontiguousarray(contour, dtype=np.int32).reshape(-1, 1, 2)
+    if len(c) < 4:
+        return np.zeros(0)
+    hull = np.sort(cv2.convexHull(c, returnPoints=False), axis=0)
+    if len(hull) < 3:
+        return np.zeros(0)
+    defects = cv2.convexityDefects(c, hull)
+    return np.zeros(0) if defects is None else defects.reshape(-1, 4)[:, 3] / 256.0
+
+
+def deepest_concavity(depths: np.ndarray, area_: float) -> float:
+    """Deepest notch or cleft of the nucleus: max_k depth_k / √(A/π), ≥ 0, unitless.
+
+    ``depths`` are the outline's concavity depths (:func:`_concavity_depths`: distance from
+    each convex-hull edge to the outline below it), divided by the equivalent radius of the
+    region of area A. 0 for a convex outline (a digital disc reads under about 0.05, the
+    pixel staircase); a notch reaching the centre reads about 1. Cleaved (mantle-cell) and
+    deeply cleft (follicular lymphoma) nuclei read high; a thin cleft moves the area-based
+    solidity little (on 300 dlmi cells the two rank alike, Spearman 0.90, as most
+    concavities there are broad). NaN for an empty region.
+
+    References: Bain B. J., *Blood Cells: A Practical Guide*, 5th ed. (2015), ch. 3 and 9
+    (cleaved and notched nuclei); Puigví L. et al., J Clin Pathol 70, 1038-1048 (2017).
+    """
+    if area_ <= 0:
+        return np.nan
+    return float(depths.max() / np.sqrt(area_ / np.pi)) if len(depths) else 0.0
+
+
+def _smooth_closed_curve(points: np.ndarray, sigma: float, length: float) -> np.ndarray:
+    # Gaussian smoothing of a closed curve's coordinates along its arc length, wrapping
+    # around the closure. sigma (pixels) is converted to points with the curve's length
+    # per point; the length is the outline's simplified perimeter (:func:`perimeter`),
+    # since the 1 and sqrt(2) px steps of the pixel chain overstate a smooth curve's length
+    from scipy.ndimage import gaussian_filter1d
+
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(p) < 3 or not length > 0:
+        return p.copy()
+    return gaussian_filter1d(p, sigma * len(p) / length, axis=0, mode="wrap", truncate=3.0)
+
+
+def hairiness(contour: np.ndarray, smoothed: np.ndarray, area_: float) -> float:
+    """Fine-scale roughness (hairiness, villi) of an outline against its smoothed self:
+    mean_k |b_k − s_k| / √(A/π), ≥ 0, unitless.
+
+    b_k are the outline's points and s_k the same points after a Gaussian smoothing along
+    the arc length with σ = √(A/π) / 8 (an eighth of the equivalent radius, so the scale
+    follows the cell's size whatever the magnification), which keeps the cell's shape and
+    dents and removes projections finer than about σ. A disc of radius R reads about
+    1 − exp(−1/128) ≈ 0.008 (the smoothing shrinks a circle by that share) plus the pixel
+    staircase (under 0.5 px / R); an outline r(θ) = R(1 + a cos kθ) with k ≫ 8 and waves
+    of more than a pixel reads about 2a/π (mean |a cos|; the disc's offsets average out
+    within the waves). Villous (splenic marginal-zone) and hairy cells read high.
+    Projections narrower than the segmenter's final 5×5 opening of the cell mask are not
+    seen. NaN for an empty region.
+
+    Reference: Puigví L. et al., "Quantitative cytologic descriptors to differentiate
+    CLL, Sézary, granular, and villous lymphocytes through image analysis", Am J Clin
+    Pathol 152(1), 74-85 (2019) ("hairiness").
+    """
+    if area_ <= 0 or len(contour) == 0:
+        return np.nan
+    d = np.asarray(contour, np.float64).reshape(-1, 2) - smoothed
+    return float(np.hypot(d[:, 0], d[:, 1]).mean() / np.sqrt(area_ / np.pi))
+
+
 # ------------------------------------------------------------------------- colour
 
 
@@ -493,6 +590,118 @@ def nucleolus_spots(blackhat: np.ndarray, inner: np.ndarray, reference_density: 
     w, h, a = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_AREA]
     keep = (a >= min_area) & (a >= 0.5 * w * h) & (np.maximum(w, h) <= 2 * np.minimum(w, h))
     return int(keep.sum()), float(a[keep].sum())
+
+
+def granule_size_mean(spectrum: np.ndarray) -> float:
+    """Mean granule size of the chromatin: the mean of the nucleus's granulometric curve,
+    Σ_n n·PS(n) / Σ_n PS(n), in pixels (an octagon's radius), in [0, 3].
+
+    PS(n) is the pattern spectrum of the green-channel density D inside the nucleus
+    (smoothed within the nucleus as for GLCM): with V(n) the sum over the nucleus of D
+    after a grey opening by the octagon B_n of n steps (3×3 cross and 3×3 square
+    alternately, nearly a disc of radius n; restricted to the nucleus so that its outline
+    is not a grain) and V(0) = Σ D, PS(n) = V(n) − V(n + 1), n = 0 … 3
+    (:data:`GRANULOMETRY_STEPS` = 4), is the density held by dense grains whose largest
+    inscribed octagon has radius n (n = 0: finer than the 5-pixel cross). Fine, open
+    chromatin reads low; coarse, clumped ("soccer-ball") CLL chromatin higher. Openings
+    commute with adding a constant and scale with D, so gains and stain strength cancel in
+    the normalised curve. NaN for a flat nucleus (nothing removed).
+
+    References: Matheron G., *Random Sets and Integral Geometry* (1975); Maragos P.,
+    "Pattern spectrum and multiscale shape representation", IEEE PAMI 11(7), 701-716
+    (1989); Puigví L. et al., Am J Clin Pathol 152(1), 74-85 (2019) (granulometric curve
+    of the nucleus).
+    """
+    total = spectrum.sum()
+    if not total > 0:
+        return np.nan
+    return float(np.arange(len(spectrum)) @ spectrum / total)
+
+
+def granule_size_spread(spectrum: np.ndarray) -> float:
+    """Spread of chromatin granule sizes: the standard deviation of the nucleus's
+    granulometric curve, √(Σ_n (n − n̄)² PS(n) / Σ_n PS(n)), in pixels, in [0, 1.5].
+
+    Same pattern spectrum as :func:`granule_size_mean`. 0 when all the grains have one
+    size; large when fine grain and large clumps mix (Puigví et al. 2019 found the SD of
+    the nucleus's granulometric curve specific for cerebriform, Sézary-cell chromatin).
+    NaN for a flat nucleus.
+    """
+    total = spectrum.sum()
+    if not total > 0:
+        return np.nan
+    n = np.arange(len(spectrum))
+    mean = n @ spectrum / total
+    return float(np.sqrt(((n - mean) ** 2) @ spectrum / total))
+
+
+def spatial_autocorrelation(values: np.ndarray, mask: np.ndarray, distance: int) -> float:
+    """Moran's I of a per-pixel quantity x inside a region, for pixels ``distance`` apart:
+    I = [Σ_(p,q) z_p z_q / n_pairs] / [Σ_p z_p² / n], z = x − x̄ over the region; in
+    [−1, 1] (up to edge effects), unitless.
+
+    Pairs (p, q) have both pixels in the region and q − p one of (0, d), (e, e), (d, 0),
+    (e, −e), e = round(d/√2) (scikit-image's GLCM offsets); n is the region's pixel count.
+    Nothing is quantised (unlike a GLCM correlation), and I is invariant to any increasing
+    affine map of x. Near 1 for clumps larger than d, near 0 for grain finer than d,
+    negative for a period of about 2d. NaN when the region has no pair or is flat.
+
+    On the nucleus's red-channel density (``Nucleus_Texture_RedDensityCorrelation``), the
+    stain-invariant counterpart of Puigví et al.'s "cyan correlation" of the nucleus, which
+    identified clumped chromatin (cyan is the ink that absorbs red: in a May-Grünwald-Giemsa
+    smear, the basic dye's share of the chromatin stain).
+
+    References: Moran P. A. P., "Notes on continuous stochastic phenomena", Biometrika 37,
+    17-23 (1950); Puigví L. et al., Am J Clin Pathol 152(1), 74-85 (2019).
+    """
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    bx, by, w, h = cv2.boundingRect(m8)
+    inside = m8[by:by + h, bx:bx + w]
+    if cv2.countNonZero(inside) < 2:
+        return np.nan
+    x = np.ascontiguousarray(values[by:by + h, bx:bx + w], dtype=np.float32)
+    mean, sd = cv2.meanStdDev(x, mask=inside)
+    if not sd[0, 0] > 1e-6:
+        return np.nan
+    d, e = int(distance), int(round(distance / np.sqrt(2)))
+    # z and the mask on a zero frame d px wide at the sides and below, flattened: a shift
+    # (dy, dx) with |dx| <= d is then one offset dy * W + dx that never wraps into another
+    # row's pixels, and each direction is two dot products. z = 0 outside the region, so
+    # a pair with a pixel outside adds nothing to the products nor to the pair count.
+    W = w + 2 * d
+    z, m = np.zeros((h + d, W)), np.zeros((h + d, W))
+    z[:h, d:d + w] = np.where(inside > 0, x - mean[0, 0], 0)  # whatever x is outside
+    m[:h, d:d + w] = inside
+    z, m = z.ravel(), m.ravel()
+    n = h * W
+    products = pairs = 0.0
+    for dy, dx in ((0, d), (e, e), (d, 0), (e, -e)):
+        o = dy * W + dx
+        products += float(z[:n] @ z[o:o + n])
+        pairs += float(m[:n] @ m[o:o + n])
+    if not pairs:
+        return np.nan
+    return float(products / pairs / sd[0, 0] ** 2)
+
+
+def nucleolus_prominence(blackhat: np.ndarray, inner: np.ndarray,
+                         reference_density: float) -> float:
+    """Prominence of the palest spot in the chromatin: max over the nucleus interior of the
+    3×3 mean of the black top-hat of density, relative to the nucleus's mean density,
+    max_p mean_3×3(close_9×9(D) − D)(p) / μ_N(D), ≥ 0, unitless.
+
+    Same black top-hat and interior (the nucleus eroded by 2 px) as
+    :func:`nucleolus_spots`, read as a depth rather than counted above a threshold: how
+    much paler than the surrounding chromatin the palest spot of at least 3×3 px (and
+    smaller than 9×9) is. 0 for flat chromatin; a spot as pale as the cytoplasm reads
+    (D_N − D_spot)/μ_N. A prolymphocyte's single prominent nucleolus reads high, mature
+    small lymphocytes (inconspicuous nucleoli) low. Gains and stain strength cancel
+    (relative to the nucleus's density). 0 when the interior is empty.
+    """
+    if not inner.any() or not reference_density > 0:
+        return 0.0
+    box = cv2.blur(blackhat, (3, 3), borderType=cv2.BORDER_REPLICATE)
+    return float(cv2.minMaxLoc(box, mask=inner.view(np.uint8))[1] / reference_density)
 
 
 # ------------------------------------------------------------------------- references
@@ -740,6 +949,19 @@ class CellMeasurements:
         return dist[c[:, 1], c[:, 0]]
 
     @cached_property
+    def nucleus_concavities(self) -> np.ndarray:
+        """Depth (pixels) of each concavity of the nucleus outline, one per hull edge."""
+        return _concavity_depths(self.contour)
+
+    @cached_property
+    def cell_contour_smoothed(self) -> np.ndarray:
+        """The cell outline smoothed along its arc length by a Gaussian of
+        :data:`HAIRINESS_SIGMA` times the cell's equivalent radius."""
+        return _smooth_closed_curve(self.cell_contour,
+                                    HAIRINESS_SIGMA * np.sqrt(self.cell_area / np.pi),
+                                    self.cell_perimeter)
+
+    @cached_property
     def red_in_deficiency(self) -> float:
         """Red-cell pixels in the cell's convex hull but outside the cell."""
         if not np.isfinite(self.references.red_cells).all():
@@ -769,16 +991,22 @@ class CellMeasurements:
         """OD_c(region) = ln P_c − ln(1 + lower median) per channel, against the plasma."""
         return self.references.plasma - self.region_ln_median(region)
 
+    def linear_density(self, channel: int, box=(slice(None), slice(None))) -> np.ndarray:
+        """Per-pixel optical density of one channel (0 R, 1 G, 2 B) in linear light,
+        D_c = ln L(P_c) − ln L(c), float32, with L the sRGB decoding of 8-bit codes, on a
+        part (``box``, a pair of slices) of the crop.
+
+        Where the plasma reference is missing, code 255 stands in for P_c: texture and the
+        relative measures read D only up to an additive constant and a scale."""
+        p = self.references.plasma[channel]
+        code = int(round(np.expm1(p))) if np.isfinite(p) else 255
+        return _LN_LIN[code] - _LN_LIN[self.rgb[box + (channel,)]]
+
     @cached_property
     def density(self) -> np.ndarray:
-        """Per-pixel optical density of the green channel in linear light,
-        D = ln L(P_G) − ln L(G), float32, with L the sRGB decoding of 8-bit codes.
-
-        Where the plasma reference is missing, code 255 stands in for P_G: texture and the
-        relative measures read D only up to an additive constant and a scale."""
-        p = self.references.plasma[1]
-        code = int(round(np.expm1(p))) if np.isfinite(p) else 255
-        return _LN_LIN[code] - _LN_LIN[self.rgb[:, :, 1]]
+        """D = D_G (:meth:`linear_density` of the green channel, where chromatin absorbs
+        most) over the crop: what texture, heterogeneity, granularity and nucleoli read."""
+        return self.linear_density(1)
 
     def smoothed_density(self, region: str) -> np.ndarray:
         """D smoothed by a Gaussian of :data:`TEXTURE_SIGMA` px *within* a region
@@ -831,14 +1059,46 @@ class CellMeasurements:
         return self._tophat(self.cell, _ELLIPSE5)
 
     @cached_property
-    def nucleoli(self) -> tuple[int, float]:
-        # on the nucleus's bounding box only (spots lie inside the eroded nucleus)
+    def nucleus_blackhat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Black top-hat close_9×9(D) − D on the nucleus's bounding box, and the nucleus
+        interior (eroded by 2 px) on that box, where nucleoli are looked for."""
         nuc = np.ascontiguousarray(self.nucleus).view(np.uint8)
         x, y, w, h = cv2.boundingRect(nuc)
         blackhat = cv2.morphologyEx(self.density[y:y + h, x:x + w], cv2.MORPH_BLACKHAT,
                                     _ELLIPSE9, borderType=cv2.BORDER_REPLICATE)
         inner = cv2.erode(nuc[y:y + h, x:x + w], _ELLIPSE5).view(bool)
-        return nucleolus_spots(blackhat, inner, self.nucleus_density)
+        return blackhat, inner
+
+    @cached_property
+    def nucleoli(self) -> tuple[int, float]:
+        # on the nucleus's bounding box only (spots lie inside the eroded nucleus)
+        return nucleolus_spots(*self.nucleus_blackhat, self.nucleus_density)
+
+    @cached_property
+    def nucleus_red_smoothed(self) -> tuple[np.ndarray, np.ndarray]:
+        """The red-channel density D_R smoothed within the nucleus (as
+        :meth:`smoothed_density`) on the nucleus's bounding box, and the nucleus on that
+        box (the box is all that the red texture reads; values outside the nucleus are
+        undefined)."""
+        nuc = np.ascontiguousarray(self.nucleus).view(np.uint8)
+        x, y, w, h = cv2.boundingRect(nuc)
+        box = (slice(y, y + h), slice(x, x + w))
+        d, inside = self.linear_density(0, box), self.nucleus[box]
+        if TEXTURE_SIGMA <= 0:
+            return d, inside
+        m = inside.astype(np.float32)
+        # zero padding: pixels beyond the box are outside the nucleus, as in the full crop;
+        # every nucleus pixel has den > 0 (its own weight)
+        num = cv2.GaussianBlur(d * m, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_CONSTANT)
+        den = cv2.GaussianBlur(m, (0, 0), TEXTURE_SIGMA, borderType=cv2.BORDER_CONSTANT)
+        return cv2.divide(num, den), inside
+
+    @cached_property
+    def nucleus_pattern_spectrum(self) -> np.ndarray:
+        """Pattern spectrum PS(n), n = 0 … GRANULOMETRY_STEPS − 1, of the nucleus's
+        smoothed density (see :func:`granule_size_mean`)."""
+        return _pattern_spectrum(self.smoothed_density("nucleus"), self.nucleus,
+                                 GRANULOMETRY_STEPS)
 
     def glcm(self, region: str, distance: int = 1) -> np.ndarray | None:
         """Normalised, symmetric GLCM (four angles averaged) at a pixel distance of the
@@ -850,6 +1110,67 @@ class CellMeasurements:
                                          GLCM_DISTANCES if region == "nucleus" else (1,))
         ps = cache[region]
         return None if ps is None else ps.get(distance)
+
+
+#: The steps of the octagonal granulometry: 3×3 cross, then 3×3 square, alternately; n
+#: steps make an octagon of radius n, nearly a disc (Serra J., *Image Analysis and
+#: Mathematical Morphology*, 1982).
+_OCTAGON_STEPS = (cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
+                  cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+
+
+def _diamond(j: int) -> np.ndarray:
+    """j 3×3 crosses summed: the digital diamond |x| + |y| ≤ j, (2j + 1)² uint8 kernel."""
+    y, x = np.mgrid[-j:j + 1, -j:j + 1]
+    return (np.abs(x) + np.abs(y) <= j).astype(np.uint8)
+
+
+_SQUARES = {k: np.ones((2 * k + 1, 2 * k + 1), np.uint8) for k in range(1, 4)}
+_DIAMONDS = {j: _diamond(j) for j in range(1, 4)}
+
+
+def _octagon(n: int) -> np.ndarray:
+    """The structuring element of n steps, B_n = K_1 ⊕ … ⊕ K_n (K odd = 3×3 cross, K even
+    = 3×3 square), as a (2n + 1)² uint8 kernel: B_1 is the 5-pixel cross, B_2 the 5×5
+    square without its corners (21 pixels)."""
+    k = np.zeros((2 * n + 1, 2 * n + 1), np.uint8)
+    k[n, n] = 1
+    for i in range(n):
+        k = cv2.dilate(k, _OCTAGON_STEPS[i % 2])
+    return k
+
+
+def _pattern_spectrum(values: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
+    # Grey openings by the octagons B_1..B_steps restricted to the region: pixels outside
+    # it hold +big for the erosions and -big for the dilations, so they never win, and a
+    # value only ever travels from a region pixel (an n-step erosion is then the minimum
+    # over (p + B_n) within the region; no re-masking is needed between steps). So the
+    # region's own outline is no grain, and a grain touching it is still seen.
+    # PS(n) = V(n) - V(n + 1), V(0) = sum of values; the openings of a Minkowski family
+    # decrease, and the clip at 0 only guards rounding.
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    x, y, w, h = cv2.boundingRect(m8)
+    inside = m8[y:y + h, x:x + w]
+    if not cv2.countNonZero(inside):
+        return np.zeros(steps)
+    big = 1e6
+    # +big inside and -big outside: min() with it sets the outside to -big, max() with its
+    # negative sets the outside to +big (cheaper than masked assignment)
+    limit = np.where(inside > 0, np.float32(big), np.float32(-big))
+    values = np.ascontiguousarray(values[y:y + h, x:x + w], dtype=np.float32)
+    opened = np.empty((steps + 1, h, w), np.float32)
+    opened[0] = values
+    eroded = cv2.max(values, -limit)
+    for n in range(steps):
+        eroded = cv2.erode(eroded, _OCTAGON_STEPS[n % 2], borderValue=big)
+        # B_(n+1) = (n + 1) // 2 squares and (n + 2) // 2 crosses: one square (separable,
+        # one pass whatever its size), then one diamond
+        o = cv2.min(eroded, limit)
+        if (n + 1) // 2:
+            o = cv2.dilate(o, _SQUARES[(n + 1) // 2], borderValue=-big)
+        opened[n + 1] = cv2.dilate(o, _DIAMONDS[(n + 2) // 2], borderValue=-big)
+    volumes = opened.reshape(steps + 1, -1).astype(np.float64) @ inside.reshape(-1)
+    return np.maximum(-np.diff(volumes), 0.0)
 
 
 def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | None:
@@ -938,6 +1259,8 @@ _register("Nucleus_Shape_MinorAxisLength", ellipse_axes, lambda m: m.axes[1])
 _register("Nucleus_Shape_Eccentricity", eccentricity, lambda m: eccentricity(*m.axes))
 _register("Nucleus_Shape_BoundaryIrregularity", boundary_irregularity,
           lambda m: boundary_irregularity(m.contour, m.centroid))
+_register("Nucleus_Shape_DeepestConcavity", deepest_concavity,
+          lambda m: deepest_concavity(m.nucleus_concavities, m.nucleus_area))
 
 # cell and cytoplasm shape
 _register("Cell_Shape_Area", area, lambda m: m.cell_area)
@@ -955,6 +1278,8 @@ _register("Cell_Shape_NucleusOffset", centroid_offset,
           lambda m: centroid_offset(m.centroid, m.cell_centroid, m.cell_area))
 _register("Cell_Shape_RedCellIndentation", red_cell_indentation,
           lambda m: red_cell_indentation(m.red_in_deficiency, area(m.cell_hull[1])))
+_register("Cell_Shape_Hairiness", hairiness,
+          lambda m: hairiness(m.cell_contour, m.cell_contour_smoothed, m.cell_area))
 _register("Cytoplasm_Shape_RimWidthMean", rim_width_mean, lambda m: rim_width_mean(m.rim_widths))
 _register("Cytoplasm_Shape_RimWidthStd", rim_width_std, lambda m: rim_width_std(m.rim_widths))
 
@@ -991,6 +1316,15 @@ _register("Cytoplasm_Texture_GranuleFraction", granule_fraction,
 _register("Nucleus_Texture_NucleolusCount", nucleolus_spots, lambda m: float(m.nucleoli[0]))
 _register("Nucleus_Texture_NucleolusAreaFraction", nucleolus_spots,
           lambda m: m.nucleoli[1] / m.nucleus_area if m.nucleus_area > 0 else np.nan)
+_register("Nucleus_Texture_NucleolusProminence", nucleolus_prominence,
+          lambda m: nucleolus_prominence(*m.nucleus_blackhat, m.nucleus_density))
+_register("Nucleus_Texture_GranuleSizeMean", granule_size_mean,
+          lambda m: granule_size_mean(m.nucleus_pattern_spectrum))
+_register("Nucleus_Texture_GranuleSizeSpread", granule_size_spread,
+          lambda m: granule_size_spread(m.nucleus_pattern_spectrum))
+_register("Nucleus_Texture_RedDensityCorrelation", spatial_autocorrelation,
+          lambda m: spatial_autocorrelation(*m.nucleus_red_smoothed,
+                                            RED_CORRELATION_DISTANCE))
 
 #: Every feature name, in registry order (the column order of feature tables).
 FEATURE_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -128,6 +128,72 @@ def test_red_cell_indentation():
     assert f["Cell_Shape_Solidity"] < 0.98
 
 
+def notched_disc(r=30, notches=((1, 0),), depth=12, width=6, size=200):
+    """A disc nucleus of radius r with radial slots ``width`` px wide cut ``depth`` px deep
+    from the outline, one per unit vector in ``notches`` (axis-aligned)."""
+    nucleus = disc((size, size), (size // 2, size // 2), r)
+    c = size // 2
+    for ux, uy in notches:
+        slot = np.zeros_like(nucleus)
+        if ux:
+            x0 = c + ux * (r - depth) if ux > 0 else c - r - 1
+            x1 = c + r + 1 if ux > 0 else c - (r - depth) + 1
+            slot[c - width // 2:c + width // 2, min(x0, x1):max(x0, x1)] = True
+        else:
+            y0 = c + uy * (r - depth) if uy > 0 else c - r - 1
+            y1 = c + r + 1 if uy > 0 else c - (r - depth) + 1
+            slot[min(y0, y1):max(y0, y1), c - width // 2:c + width // 2] = True
+        nucleus &= ~slot
+    return nucleus
+
+
+def test_nuclear_notches_by_hand():
+    # a slot 12 px deep and 6 px wide cut into a disc of radius 30: the hull edge across the
+    # slot's mouth lies on the circle, within a sagitta 3^2 / (2 x 30) = 0.15 px, so the
+    # notch is 12 px deep (+-1 px of pixel staircase); relative to the equivalent radius
+    img, _, cell = flat_cell(r=30, R=40)
+    for notches in (((1, 0),), ((1, 0), (0, -1))):  # one slot, or two: the deepest counts
+        nucleus = notched_disc(notches=notches)
+        f = compute_features(img, make_seg(nucleus, cell))
+        r_eq = np.sqrt(nucleus.sum() / np.pi)
+        assert f["Nucleus_Shape_DeepestConcavity"] == pytest.approx(12 / r_eq, abs=1 / r_eq)
+    # a disc: only the pixel staircase (under 1.5 px)
+    plain = disc(cell.shape, (100, 100), 30)
+    assert compute_features(img, make_seg(plain, cell))["Nucleus_Shape_DeepestConcavity"] < 0.05
+
+
+def test_deepest_concavity_formula():
+    assert F.deepest_concavity(np.array([3.0, 6.0]), np.pi * 100) == pytest.approx(0.6)
+    assert F.deepest_concavity(np.zeros(0), np.pi * 100) == 0  # convex: no defect
+    assert np.isnan(F.deepest_concavity(np.array([1.0]), 0))
+
+
+def wavy_cell(R=60, k=24, amplitude=2.0, size=200):
+    """A cell whose outline is r(theta) = R + amplitude cos(k theta) (filled polygon)."""
+    t = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
+    r = R + amplitude * np.cos(k * t)
+    pts = np.stack([size / 2 + r * np.cos(t), size / 2 + r * np.sin(t)], axis=1)
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return m.astype(bool)
+
+
+def test_hairiness_by_hand():
+    img, nucleus, _ = flat_cell(r=20, R=30)
+    smooth = disc(nucleus.shape, (100, 100), 60)
+    wavy = wavy_cell()
+    h0 = compute_features(img, make_seg(nucleus, smooth))["Cell_Shape_Hairiness"]
+    h1 = compute_features(img, make_seg(nucleus, wavy))["Cell_Shape_Hairiness"]
+    # a disc: the smoothing (sigma = R/8 along the arc) shrinks a circle by
+    # 1 - exp(-1/128) = 0.0078 of R, plus the pixel staircase (under 0.5 px / 60)
+    assert 1 - np.exp(-1 / 128) < h0 < 1 - np.exp(-1 / 128) + 0.5 / 60
+    # 24 waves of 2 px: the smoothing keeps exp(-(24/8)^2 / 2) = 1 % of them, so each
+    # point lies |2 cos| px off the smoothed outline, 2 x 2/pi px on average: 0.0212 of R
+    # (the disc's offsets of under 1 px average out within waves of 2 px)
+    assert h1 == pytest.approx(2 * 2 / np.pi / 60, rel=0.1)
+    assert h1 > 2 * h0
+
+
 def test_disc_shape_features_through_the_segmenter():
     img = np.full((224, 224, 3), (238, 222, 205), np.uint8)
     cv2.circle(img, (112, 112), 38, (182, 175, 215), -1)  # cytoplasm rim
@@ -325,9 +391,84 @@ def test_one_nucleolus():
     f = compute_features(img, make_seg(nucleus, cell))
     assert f["Nucleus_Texture_NucleolusCount"] == 1
     assert f["Nucleus_Texture_NucleolusAreaFraction"] == pytest.approx(spot.sum() / nucleus.sum())
+
+    # its prominence: the 3x3 block at the spot's centre lies inside it, where the 9x9
+    # closing fills the spot up to the chromatin: (D_N - D_spot) / mean_N(D)
+    d = lambda g: np.log(srgb_linear(PLASMA[1]) / srgb_linear(g))  # noqa: E731  green OD
+    n, k = nucleus.sum(), spot.sum()
+    mean_dn = (d(NUCLEUS[1]) * (n - k) + d(CYTO[1]) * k) / n
+    assert f["Nucleus_Texture_NucleolusProminence"] == pytest.approx(
+        (d(NUCLEUS[1]) - d(CYTO[1])) / mean_dn, rel=1e-4)
     # the same spot at the nucleus's edge is a notch, not a nucleolus
     img2, nucleus2, cell2 = flat_cell(r=25, R=34)
-    assert compute_features(img2, make_seg(nucleus2, cell2))["Nucleus_Texture_NucleolusCount"] == 0
+    flat = compute_features(img2, make_seg(nucleus2, cell2))
+    assert flat["Nucleus_Texture_NucleolusCount"] == 0
+    assert flat["Nucleus_Texture_NucleolusProminence"] == 0  # flat chromatin
+
+
+def test_granulometry_by_hand(monkeypatch):
+    # dense dots (G = 20) on a flat nucleus (G = 40), each dot a structuring element of the
+    # granulometry: 4 single pixels (size 0), 2 crosses B_1 (5 px, size 1) and one B_2
+    # (5x5 without corners, 21 px, size 2). An opening by B_n keeps a dot of shape B_m,
+    # m >= n, whole (a Minkowski sum is open under its summands) and flattens a smaller one
+    # to the plateau, so each dot's whole excess density lands at its size:
+    # PS ~ (4 x 1, 2 x 5, 21, 0) x (D(20) - D(40)); mean size (0x4 + 1x10 + 2x21) / 35.
+    # (without the 0.8 px smoothing, which would spread each dot over its neighbours)
+    monkeypatch.setattr(F, "TEXTURE_SIGMA", 0)
+    img, nucleus, cell = flat_cell(r=25, R=34)
+    dots = [((88, 88), 0), ((112, 88), 0), ((88, 112), 0), ((112, 112), 0),
+            ((100, 84), 1), ((100, 116), 1), ((100, 100), 2)]
+    for (x, y), n in dots:
+        if n == 0:
+            img[y, x] = (60, 20, 110)
+        else:
+            k = F._octagon(n).astype(bool)
+            img[y - n:y + n + 1, x - n:x + n + 1][k] = (60, 20, 110)
+    f = compute_features(img, make_seg(nucleus, cell))
+    w = np.array([4 * 1, 2 * 5, 21, 0], float)
+    size = np.arange(4)
+    mean = size @ w / w.sum()
+    assert mean == pytest.approx(52 / 35)
+    assert f["Nucleus_Texture_GranuleSizeMean"] == pytest.approx(mean, rel=1e-5)
+    assert f["Nucleus_Texture_GranuleSizeSpread"] == pytest.approx(
+        np.sqrt(((size - mean) ** 2) @ w / w.sum()), rel=1e-5)
+    # a flat nucleus has no grain: nothing to average
+    img0, nucleus0, cell0 = flat_cell(r=25, R=34)
+    assert np.isnan(compute_features(img0, make_seg(nucleus0, cell0))[
+        "Nucleus_Texture_GranuleSizeMean"])
+    assert F._octagon(1).sum() == 5 and F._octagon(2).sum() == 21
+    # the openings dilate by B_n as one square and one diamond (n // 2 squares and
+    # (n + 1) // 2 crosses summed): the same element
+    for n in range(1, F.GRANULOMETRY_STEPS + 1):
+        point = np.zeros((2 * n + 1, 2 * n + 1), np.uint8)
+        point[n, n] = 1
+        if n // 2:
+            point = cv2.dilate(point, F._SQUARES[n // 2])
+        np.testing.assert_array_equal(cv2.dilate(point, F._DIAMONDS[(n + 1) // 2]), F._octagon(n))
+
+
+def test_red_density_correlation_by_hand(monkeypatch):
+    # 40x40 stripes 4 px wide in two red levels (R = 80 and 120), balanced, so every pair
+    # product z_p z_q is +(delta/2)^2 within a stripe and -(delta/2)^2 across:
+    # I = 1 - 2 x crossing / pairs. At d = 2 (offsets (0,2), (1,1), (2,0), (1,-1)):
+    # (0,2) 40 x 38 pairs, 40 x 18 cross; (1,1) and (1,-1) 39 x 39, 39 x 9 cross each;
+    # (2,0) 38 x 40, none -> 1422 crossing of 6082.
+    monkeypatch.setattr(F, "TEXTURE_SIGMA", 0)
+    img, nucleus, cell = stripes_nucleus(width=4)
+    f = compute_features(img, make_seg(nucleus, cell))
+    assert f["Nucleus_Texture_RedDensityCorrelation"] == pytest.approx(1 - 2 * 1422 / 6082,
+                                                                        rel=1e-6)
+    # the 0.8 px smoothing within the nucleus (the default) blurs the stripes' edges, which
+    # makes pixels 2 apart more alike: finite, and higher
+    monkeypatch.undo()
+    smoothed = compute_features(img, make_seg(nucleus, cell))["Nucleus_Texture_RedDensityCorrelation"]
+    assert 1 - 2 * 1422 / 6082 < smoothed < 1
+    # Moran's I is invariant to an affine map of the values; a flat region has none
+    vals = np.where(nucleus, np.arange(200)[None, :] % 8 < 4, 0).astype(np.float32)
+    i1 = F.spatial_autocorrelation(vals, nucleus, 2)
+    assert F.spatial_autocorrelation(3 * vals + 7, nucleus, 2) == pytest.approx(i1, rel=1e-6)
+    assert np.isnan(F.spatial_autocorrelation(np.ones((5, 5), np.float32),
+                                              np.ones((5, 5), bool), 2))
 
 
 # ------------------------------------------------------------------------ registry
@@ -403,8 +544,11 @@ def test_baseline_covers_the_registry_and_matches():
     for n in FEATURE_NAMES:
         np.testing.assert_allclose(now[n].to_numpy(float), base.loc[now.index, n].to_numpy(float),
                                    rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=n)
-    # the cells exercise the registry: most features are finite on them
+    # the cells exercise the registry: most features are finite on them, and every feature
+    # on at least one (a feature NaN on all four has lost its formula, not its cells)
     assert np.isfinite(now.to_numpy(float)).mean() > 0.95
+    always_nan = [n for n in FEATURE_NAMES if not np.isfinite(now[n]).any()]
+    assert not always_nan, always_nan
 
 
 if __name__ == "__main__":

@@ -143,6 +143,12 @@ _MEASURES = {
     "Heterogeneity": "unevenness of the stain", "ClumpingIndex": "chromatin clumping",
     "GranuleFraction": "share covered by granules", "NucleolusCount": "number of nucleoli",
     "NucleolusAreaFraction": "share of the nucleus taken by nucleoli",
+    # features revision 9 (issue 24)
+    "DeepestConcavity": "deepest notch or cleft", "Hairiness": "hairiness (villi) of the outline",
+    "NucleolusProminence": "nucleolus prominence (its palest spot)",
+    "GranuleSizeMean": "size of the chromatin clumps",
+    "GranuleSizeSpread": "spread of the chromatin clump sizes",
+    "RedDensityCorrelation": "coarseness of the chromatin (red-light texture)",
 }
 _NAMED = {
     "Clinical_Age": "age in years",
@@ -160,6 +166,13 @@ _NAMED = {
     "MIL_Score_Mean": "average MI-SVM cell score",
     "MIL_Score_TopKMean": "average of the most tumoral-looking cells (MI-SVM)",
     "MIL_Score_ShareAbove0": "share of cells the MI-SVM calls tumoral-looking",
+    "CellType_ReactiveShare_AboveQ50": "share of cells more reactive-looking than half of "
+                                       "the training cells",
+    "CellType_ReactiveShare_AboveQ90": "share of cells more reactive-looking than 90 % of "
+                                       "the training cells",
+    "CellType_ReactiveScore_Q10": "10th percentile of the cells' reactive-look score",
+    "CellType_ReactiveScore_Q50": "median of the cells' reactive-look score",
+    "CellType_ReactiveScore_Q90": "90th percentile of the cells' reactive-look score",
 }
 
 
