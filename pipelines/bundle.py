@@ -62,7 +62,7 @@ ESTIMATOR_TYPES = frozenset({
     "cellfeat.models.inputs.MILFeatures", "cellfeat.models.learners.BalancedXGBClassifier",
     "cellfeat.models.stacking.GatedMixture", "cellfeat.decision.CalibratedDecision",
     "cellfeat.models.learners.ClinicalLogReg", "cellfeat.models.stacking.ImageLogit",
-    "cellfeat.models.inputs.ZoneMeans",
+    "cellfeat.models.inputs.ZoneMeans", "cellfeat.models.celltype.CellTypeScore",
     "cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding",
     "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
     "sklearn.impute._base.SimpleImputer", "sklearn.preprocessing._data.StandardScaler",

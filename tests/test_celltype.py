@@ -1,4 +1,4 @@
-"""cellfeat.celltype: the per-cell reactive score learns the planted cell type, its
+"""cellfeat.models.celltype: the per-cell reactive score learns the planted cell type, its
 cross-fitted output does not leak, and it keeps the estimator contract on cohort frames.
 
 The cohorts here are drawn so that the answer is known: reactive patients carry a share of
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cellfeat.celltype import CellTypeScore, weighted_quantile
+from cellfeat.models.celltype import CellTypeScore, weighted_quantile
 
 
 def planted_cohort(n=24, seed=0, n_noise=3):

@@ -18,7 +18,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from cellfeat.celltype import CellTypeScore
+from cellfeat.models.celltype import CellTypeScore
 from cellfeat.heterogeneity import HeterogeneityScores
 from cellfeat.mil import MISVM, InstanceScoreBagFeatures
 from cellfeat.models import (BalancedXGBClassifier, CellBagFeatures, ClinicalFeatures,

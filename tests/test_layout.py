@@ -143,3 +143,18 @@ def test_readme_layout_names_every_module():
                if f.name not in ("__init__.py", "__main__.py") and
                f"{f.relative_to(ROOT).as_posix()}" not in section]
     assert not missing, f"README Layout does not list {missing}"
+
+
+def test_no_source_file_is_ignored_by_git():
+    """A `.gitignore` line `models/` once matched `cellfeat/models/` too: the package existed
+    on the machine that wrote it and in no clone. Every module must be committable."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(f.relative_to(ROOT)) for f in _modules().values()]
+    files += [str(p.relative_to(ROOT)) for p in (ROOT / "pipelines").rglob("*.j2")]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "", f"ignored by git: {out.stdout.split()}"

@@ -36,7 +36,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from .extract import QC_COLUMN
+from ..extract import QC_COLUMN
 
 __all__ = ["CellTypeScore", "weighted_quantile"]
 
