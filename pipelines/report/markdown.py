@@ -60,11 +60,11 @@ def first_screen(meta: dict) -> list[str]:
         f"fallbacks included; {meta['repeats']}x{meta['folds']}-fold, {meta['n_patients']} "
         f"patients): balanced accuracy {n['balanced_accuracy']:.3f} "
         f"({_ci((n['balanced_accuracy_ci_low'], n['balanced_accuracy_ci_high']), '.3f')}), "
-        f"ROC AUC {n['roc_auc']:.3f}",
+        f"ROC AUC {n['roc_auc']:.3f} ({_ci((n['roc_auc_ci_low'], n['roc_auc_ci_high']), '.3f')})",
         f"  in the overlap zone (count <= the highest reactive count of each training fold; "
         f"{z['n_reactive']:.0f} reactive, {z['n_tumoral']:.0f} tumoral per repeat): balanced "
         f"accuracy {z['nested']['ba']:.3f} ({_ci(z['nested']['ci95'], '.3f')}), ROC AUC "
-        f"{z['nested']['auc']:.3f}",
+        f"{z['nested']['auc']:.3f} ({_ci(z['nested']['auc_ci95'], '.3f')})",
         f"gain over the clinical comparator ({comp}, same folds, paired): overall "
         f"{g['delta']:+.3f} ({_ci(g['ci95'])}); in the zone {z['gain']['delta']:+.3f} "
         f"({_ci(z['gain']['ci95'])}), from {z['clinical']['ba']:.3f} to {z['nested']['ba']:.3f}",
@@ -90,10 +90,12 @@ def _plt():
 
 
 def _roc(res, path, names=("nested", "clinical-logreg")):
-    """ROC of each repeat's out-of-fold probabilities (one thin line per repeat), labelled
-    with the mean of the repeats' AUCs: the figure the tables report. (A curve of
-    probabilities averaged over repeats would have another AUC.)"""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    """One ROC curve per held-out fold (one fitted procedure each), per model, labelled with
+    the AUC the tables report: pairs of patients tested in the same fold, pooled over the
+    folds of each repeat and averaged over repeats (:meth:`CVResult.interval`). A curve of
+    probabilities pooled across folds, or averaged over repeats, would mix models and show
+    another AUC."""
+    from sklearn.metrics import roc_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -101,17 +103,22 @@ def _roc(res, path, names=("nested", "clinical-logreg")):
     for name in names:
         if name not in res.proba:
             continue
-        lines, aucs = [], []
-        for p in res.proba[name]:
-            ok = np.isfinite(p)
-            fpr, tpr, _ = roc_curve(res.y[ok], p[ok])
-            aucs.append(roc_auc_score(res.y[ok], p[ok]))
-            lines += ax.plot(fpr, tpr, lw=1.6 if name == "nested" else 1, alpha=0.6,
-                             color=colours[name])
-        lines[0].set_label(f"{name} (mean AUC {np.mean(aucs):.3f}, {len(aucs)} repeats)")
+        lines = []
+        for r, p in enumerate(res.proba[name]):
+            for k in np.unique(res.fold[r]):
+                te = (res.fold[r] == k) & np.isfinite(p)
+                if len(np.unique(res.y[te])) < 2:
+                    continue
+                fpr, tpr, _ = roc_curve(res.y[te], p[te])
+                lines += ax.plot(fpr, tpr, lw=1.2 if name == "nested" else 0.8, alpha=0.35,
+                                 color=colours[name], drawstyle="steps-post")
+        auc = res.interval(name, metric="roc_auc")
+        if lines:
+            lines[0].set_label(f"{name}: AUC {auc.estimate:.3f} (95% CI {auc.low:.3f}-"
+                               f"{auc.high:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity (tumoral)",
-           title="ROC of out-of-fold probabilities\n(one line per CV repeat)")
+           title="ROC of each held-out fold\n(AUC: pairs within a fold, as in the tables)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -310,7 +317,8 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
         d = paired.get(name)
         gain = (f"{d['delta']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})" if d
                 else "comparator")
-        zgain = f"{d['zone_delta']:+.3f}" if d and "zone_delta" in d else "—"
+        zgain = (f"{d['zone_delta']:+.3f} ({d['zone_ci95'][0]:+.3f} to {d['zone_ci95'][1]:+.3f})"
+                 if d and "zone_delta" in d else "comparator")
         role = ("rule" if name == "nested" else "candidate" if name in sel["candidates"]
                 else "figures only")
         return (f"| {name} | {role} | {r.balanced_accuracy:.3f} ± {r.balanced_accuracy_std:.3f} | "
@@ -344,8 +352,10 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
         "## Every model against the clinical comparator", "",
         f"{len(y)} labelled patients ({int(np.sum(y == 1))} tumoral, {int(np.sum(y == 0))} "
         f"reactive). Same outer folds for every row; each row's probabilities are calibrated "
-        f"and thresholded on its own inner folds. ± is the sd over repeats; CIs bootstrap "
-        f"patients; *gain* is the paired balanced-accuracy difference to `{comp}` "
+        f"and thresholded on its own inner folds. ± is the sd over repeats; 95 % intervals "
+        f"re-run the procedure (spread across the re-fitted folds, corrected for their "
+        f"overlap: `cellfeat.intervals`); ROC AUC counts pairs of patients tested in the same "
+        f"fold; *gain* is the paired balanced-accuracy difference to `{comp}` "
         f"(95 % CI). *Zone* columns: the patients of the overlap zone ({meta['zone']['rule']}; "
         f"learnt in each training fold), where the count cannot decide and the cells must. "
         f"When two CIs overlap, prefer the simpler model.", "",
