@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .segment import _check_image as _check  # one definition of a valid RGB image
+from .segment import white_point
 
 __all__ = ["white_balance", "gamma", "scale_optical_density", "stain_strength",
            "stain_balance", "jpeg", "illumination", "srgb_to_linear", "linear_to_srgb",
@@ -108,14 +109,7 @@ def illumination(image: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     encoded units): the ``percentile``-th percentile of each channel, i.e. the plasma
     background that surrounds the cells in every smear image (the brightest, least
     absorbing area)."""
-    image = _check(image)
-    out = np.empty(3)
-    n = image.shape[0] * image.shape[1]
-    k = min(int(np.ceil(percentile / 100.0 * n)), n)
-    for c in range(3):
-        counts = np.bincount(image[:, :, c].ravel(), minlength=256)
-        out[c] = float(np.searchsorted(np.cumsum(counts), k))
-    return np.maximum(out, 1.0)
+    return white_point(image, percentile)  # the segmentation's white point: one definition
 
 
 def _od_luts(scale, light) -> np.ndarray:

@@ -4,6 +4,12 @@ The ROC ("representative of the cytoplasm", Tavakoli et al. 2021) is the convex 
 the nucleus minus the nucleus: it is defined for every cell, even where the real cytoplasm
 is a thin rim that no threshold finds.
 
+Colour is read relative to each image's own plasma. Every image is first balanced so
+that its plasma (the per-channel 99th percentile, :func:`white_point`) is neutral white
+(:func:`balance_to_white`, von Kries): a lab's white balance, tone of plasma (cream,
+grey, bluish) or lamp then moves neither the threshold nor the colour model, and what a
+population absorbs, not the hue it happens to show, decides where it goes.
+
 Two methods threshold a stain-contrast channel and keep the component at (or nearest) the
 image centre, where the analyser puts the cell of interest; red cells, platelets and parts
 of other white cells sit around it.
@@ -16,22 +22,32 @@ of other white cells sit around it.
     K-means (k=3) on the contrast channel's values followed by morphological closing, as in
     one of the challenge reports; the brightest cluster is the nucleus.
 
-The default channel, ``"stain"``, averages HSV saturation with inverted green: the
-nucleus is both saturated and dark, whereas red cells are saturated but bright and
-deep-blue cytoplasm is dark but absorbs less green than chromatin. ``"saturation"`` (the
-simple baseline) is also offered.
+The default channel, ``"stain"``, is ``(S + 2 D) / 3`` of the balanced image, with S the
+HSV saturation and D = 255 − min(R, G, B) the darkness in the channel where a pixel
+absorbs most: chromatin is the densest population in every smear, whatever its hue, and
+saturated but light populations (the red cells of a vivid stain) must not outrank it, so
+darkness counts twice. (Until issue 22 it was (S + 255 − G) / 2 of the unbalanced image:
+chromatin was assumed to absorb green most, and the plasma's tint entered S. Measured
+against it on 400 synthetic cells in random palettes, nucleus IoU 5th percentile 0.76 →
+0.94, on the 53 wbc-tecom lymphocytes 0.86 → 0.88, on the 60 synthetic hard cases 0.98 →
+0.99; the weights were chosen among 1:1, 1:2 and 1:3 and darkness alone, on those sets
+and on agreement with the earlier masks on dlmi.) ``"saturation"`` (the simple
+baseline) and ``"inverted_green"`` are also offered.
 
 When deep-blue cytoplasm is as dark on that channel as pale chromatin, the thresholded
 component is the whole cell; a lighter rim of another stain mix is then cut off (see
 :func:`_drop_lighter_rim`): a nucleus never takes a cytoplasm distinguishably lighter than
-its chromatin.
+its chromatin. A rim no wider than the image's own edge blur, measured in each image, is
+the nucleus's blurred edge and stays.
 
 The whole cell comes from a per-image colour model (see :func:`_whole_cell`): plasma, red
 cells, cytoplasm and chromatin are four colour populations in every smear, learnt again in
 each image (Gaussians in an opponent colour space; plasma and red cells from the window's
 outer part, chromatin from the nucleus, cytoplasm by EM from the pixels around the
 nucleus), so that the pale cytoplasm against cream plasma, cytoplasm pressed between red
-cells, and deep-blue cytoplasm are all found without a fixed hue window.
+cells, and deep-blue cytoplasm are all found without a fixed hue window. The cell is the
+nucleus alone when the cytoplasm class weighs under 2 % of the window or is not bluer
+than the plasma (absorbs relatively less blue light than red: the basic dye).
 """
 
 from __future__ import annotations
@@ -41,8 +57,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Segmentation", "segment_nucleus", "contrast_channel", "METHODS", "CHANNELS",
-           "STATUSES"]
+__all__ = ["Segmentation", "segment_nucleus", "contrast_channel", "white_point",
+           "balance_to_white", "METHODS", "CHANNELS", "STATUSES"]
 
 METHODS = ("otsu", "kmeans")
 CHANNELS = ("stain", "saturation", "inverted_green")
@@ -65,6 +81,8 @@ STATUSES = {
 
 _ELLIPSE3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
 _ELLIPSE5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_ELLIPSE7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+_ELLIPSE9 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,17 +156,56 @@ class Segmentation:
         return self.status == "ok"
 
 
-def contrast_channel(image: np.ndarray, channel: str = "stain", hsv: np.ndarray | None = None):
-    """Stain-contrast channel (uint8, high on chromatin) of an RGB uint8 image."""
+def contrast_channel(image: np.ndarray, channel: str = "stain"):
+    """Stain-contrast channel (uint8, high on chromatin) of an RGB uint8 image (see the
+    module docstring; :func:`segment_nucleus` passes the image balanced to its plasma)."""
     if channel not in CHANNELS:
         raise ValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
+    r, g, b = cv2.split(image)
     if channel == "inverted_green":
-        return 255 - image[:, :, 1]
-    if hsv is None:
-        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        return cv2.bitwise_not(g)
+    # HSV saturation (max - min) / max from the channels' extremes: a quarter of the
+    # cost of a full HSV conversion
+    top, low = cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b)
+    saturation = cv2.divide(cv2.subtract(top, low), top, scale=255)
     if channel == "saturation":
-        return hsv[:, :, 1]
-    return ((hsv[:, :, 1].astype(np.uint16) + (255 - image[:, :, 1])) >> 1).astype(np.uint8)
+        return saturation
+    return cv2.addWeighted(saturation, 1 / 3, cv2.bitwise_not(low), 2 / 3, 0)
+
+
+def white_point(image: np.ndarray, percentile: float = 99.0, step: int = 1) -> np.ndarray:
+    """The light through the plasma, per channel (8-bit codes, float (3,), at least 1): the
+    ``percentile``-th percentile of each channel of an RGB uint8 image (of every
+    ``step``-th pixel of every ``step``-th row). The plasma is the brightest, least
+    absorbing population of a smear image, and in every image the largest share of pixels
+    at the top of each channel."""
+    image = _check_image(image)
+    if step > 1:  # nearest-neighbour resizing picks every step-th pixel, without a copy loop
+        image = cv2.resize(image, (max(image.shape[1] // step, 1), max(image.shape[0] // step, 1)),
+                           interpolation=cv2.INTER_NEAREST)
+    n = image.shape[0] * image.shape[1]
+    k = min(int(np.ceil(percentile / 100.0 * n)), n)
+    out = np.empty(3)
+    for c in range(3):
+        counts = cv2.calcHist([image], [c], None, [256], [0, 256]).ravel()
+        out[c] = float(np.searchsorted(np.cumsum(counts), k))
+    return np.maximum(out, 1.0)
+
+
+def balance_to_white(image: np.ndarray, white=None) -> np.ndarray:
+    """The image with per-channel gains 255 / W_c, so that its plasma (``white``, default
+    :func:`white_point`) is neutral white: ``I'_c = min(round(255 I_c / W_c), 255)``.
+
+    What the segmentation reads: colour relative to the image's own plasma (von Kries
+    adaptation), so that a lab's white balance, a cream, grey or bluish plasma, or a
+    tinted lamp leave the masks where they are. (Gains in float32: a value whose product
+    lies within rounding of a half may round the other way.)"""
+    image = _check_image(image)
+    # a quarter of the pixels gives the same percentile within a code or two, 4x cheaper
+    white = (white_point(image, step=2) if white is None
+             else np.maximum(np.asarray(white, float), 1))
+    # a diagonal colour transform (saturating) costs a sixth of a 3-channel look-up table
+    return cv2.transform(image, np.diag(255.0 / white).astype(np.float32))
 
 
 def _check_image(image) -> np.ndarray:
@@ -268,8 +325,9 @@ def segment_nucleus(image, method: str = "otsu", *, channel: str = "stain",
     h, w = image.shape[:2]
     if min(h, w) < min_size:
         return _empty((h, w), "too_small", method, channel)
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    ch = contrast_channel(image, channel, hsv)
+    # every colour below is read relative to the image's own plasma
+    image = balance_to_white(image)
+    ch = contrast_channel(image, channel)
     hist = cv2.calcHist([ch], [0], None, [256], [0, 256]).ravel()
     lo, hi = np.flatnonzero(hist)[[0, -1]]
     if hi - lo < 20:
@@ -404,7 +462,7 @@ def _pale_seams(stained: np.ndarray) -> bool:
     if area == 0:
         return False
     core = cv2.erode(stained, _ELLIPSE5)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
+    n, _, stats, _ = _components(core, 8)
     return int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.2 * area)) >= 2
 
 
@@ -481,6 +539,14 @@ def _kmeans(x: np.ndarray, centres: np.ndarray, iterations: int = 8) -> tuple:
     return c, k
 
 
+def _components(mask: np.ndarray, connectivity: int):
+    # labelled components with statistics, by BBDT (SAUF for 4-connectivity, OpenCV's
+    # choice under CCL_BBDT): half the time of OpenCV's default (Spaghetti) on a window
+    # (measured 36 against 77 us at 110x110); the same components
+    return cv2.connectedComponentsWithStatsWithAlgorithm(mask, connectivity, cv2.CV_32S,
+                                                         cv2.CCL_BBDT)
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     cnts, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     out = np.zeros_like(mask)
@@ -548,7 +614,7 @@ def _drop_lighter_rim(opp: np.ndarray, nuc: np.ndarray) -> np.ndarray:
     dark[sel] = d[0] <= d[1]
     dark = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, _ELLIPSE5)
     core = cv2.morphologyEx(_fill_holes(dark), cv2.MORPH_OPEN, _ELLIPSE5)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
+    n, labels, stats, _ = _components(core, 8)
     if n < 2:
         return nuc
     core = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).view(np.uint8)
@@ -558,7 +624,40 @@ def _drop_lighter_rim(opp: np.ndarray, nuc: np.ndarray) -> np.ndarray:
     outside = (light & (core == 0)).sum() / max(light.sum(), 1)
     if a_core < 0.2 * a_nuc or r_nuc - r_core < max(2.5, r_nuc / 12) or outside < 0.5:
         return nuc
+    # a band no wider than the image's own blurred edge (the 10-90 % rise of a step blurred
+    # by sigma is 2.56 sigma) is the nucleus's edge, its hue mixed with what lies beyond
+    if r_nuc - r_core < 2.56 * _edge_sigma(opp[:, :, 0], nuc):
+        return nuc
     return core
+
+
+def _edge_sigma(x: np.ndarray, mask: np.ndarray) -> float:
+    """Blur of the image around a region: the sd σ (px) of the Gaussian that blurred it.
+
+    Re-blurring (Hu and de Haan 2006): a step blurred by σ and again by σ_k has a
+    steepest slope proportional to 1/√(σ² + σ_k²), whatever its height, so the ratio r of
+    the slopes after σ_1 = 1 and σ_2 = 2 px gives σ² = (4 − r²)/(r² − 1). The slopes are
+    read on the window's strongest edges away from the region (red cells, the cell's
+    outline: single steps), the 5 % of pixels with the steepest slope at σ_1 beyond 3 px
+    of the region, so that a rim inside the region does not pass for blur. 0 where it
+    cannot be measured (then a rim is judged as before issue 22, by its width alone).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    grads = []
+    for sigma in (1.0, 2.0):
+        b = cv2.GaussianBlur(x, (0, 0), sigma)
+        grads.append(np.hypot(cv2.Sobel(b, cv2.CV_32F, 1, 0, ksize=3),
+                              cv2.Sobel(b, cv2.CV_32F, 0, 1, ksize=3)))
+    away = cv2.dilate(mask, _ELLIPSE7) == 0
+    g1 = grads[0][away]
+    if g1.size < 20:
+        return 0.0
+    edges = g1 >= np.percentile(g1, 95)
+    s1, s2 = float(np.median(g1[edges])), float(np.median(grads[1][away][edges]))
+    if not s2 > 0:
+        return 0.0
+    r2 = (s1 / s2) ** 2
+    return float(np.sqrt(max((4 - r2) / (r2 - 1), 0.0))) if r2 > 1 else 0.0
 
 
 def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.ndarray,
@@ -589,8 +688,11 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
     cell's nucleus, a lobe) take the pixels nearer to them than to the nucleus; holes
     smaller than a third of the nucleus are filled (red cells wrapped by cytoplasm are
     larger and stay out); a 5x5 opening smooths the outline. When the cytoplasm
-    Gaussian is not bluer than both the red-cell and the plasma ones, or weighs under
-    2 % of the window (no cytoplasm population here), the cell is the nucleus.
+    Gaussian is not bluer than the plasma one, or weighs under 2 % of the window (no
+    cytoplasm population here), the cell is the nucleus. (It also had to be bluer than
+    the red-cell one until issue 22; on dlmi the two differ by a few levels either way,
+    and the test flipped on noise: 26 % of dev cells got no cytoplasm, most of them with
+    a cytoplasm plain to see.)
     """
     h, w = nuc.shape
     sel = nuc.view(bool)
@@ -618,7 +720,8 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
         return _nucleus_only(nuc)
     # two-means (OpenCV), started from the lightest 15 % as plasma: index 0 stays plasma
     L = far[:, 0]
-    init = (L < np.quantile(L, 0.85)).astype(np.int32).reshape(-1, 1)
+    k85 = int(0.85 * (len(L) - 1))  # an order statistic (np.quantile costs 10x more here)
+    init = (L < np.partition(L, k85)[k85]).astype(np.int32).reshape(-1, 1)
     _, k, _ = cv2.kmeans(np.ascontiguousarray(far, np.float32), 2, init,
                          (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 5, 0.25), 1,
                          cv2.KMEANS_USE_INITIAL_LABELS)
@@ -656,8 +759,7 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
                               interpolation=cv2.INTER_LINEAR)
     red = (up(ll[..., RBC] - np.max(ll[..., [PLASMA, CYTO, CHROM]], -1)) > 0).view(np.uint8)
     red = cv2.morphologyEx(red, cv2.MORPH_OPEN, _ELLIPSE3)
-    if (weights[CYTO] < 0.02 or means[CYTO, 2] < means[RBC, 2]
-            or means[CYTO, 2] < means[PLASMA, 2]):
+    if weights[CYTO] < 0.02 or means[CYTO, 2] < means[PLASMA, 2]:
         out = _nucleus_only(nuc)
         out.update(red_cells=red & (1 - nuc), colours=colours)
         return out
@@ -678,7 +780,7 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
     lobes = False
     if cv2.countNonZero(others):
         others = cv2.morphologyEx(others, cv2.MORPH_OPEN, _ELLIPSE5)
-        n, olab, ostats, _ = cv2.connectedComponentsWithStats(others, connectivity=8)
+        n, olab, ostats, _ = _components(others, 8)
         keep = np.flatnonzero(ostats[1:, cv2.CC_STAT_AREA] >= 0.02 * area_n) + 1
     else:
         keep = []
@@ -698,7 +800,7 @@ def _whole_cell(opp: np.ndarray, nuc: np.ndarray, rgb: np.ndarray, others: np.nd
         cell = (comps == comps[py, px]).view(np.uint8)
     holes = (1 - cell) & _fill_holes(cell)
     if holes.any():
-        n, hlab, hstats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+        n, hlab, hstats, _ = _components(holes, 4)
         small = np.flatnonzero(hstats[1:, cv2.CC_STAT_AREA] < area_n / 3) + 1
         if len(small):
             cell |= np.isin(hlab, small).view(np.uint8)
@@ -714,6 +816,7 @@ _EM_ITERATIONS = 1
 _MODEL_RADIUS = 9.0
 _MARGIN = 1.6  # window margin around the nucleus box, in nucleus radii
 _VAR_FLOOR = 4.0  # a variance of 4 (sd 2 levels) on each axis: JPEG noise
+_VAR_FLOOR_3 = _VAR_FLOOR * np.eye(3)
 
 
 def _gaussian(x: np.ndarray, weights: np.ndarray | None = None):
@@ -727,7 +830,7 @@ def _gaussian(x: np.ndarray, weights: np.ndarray | None = None):
         mean = (weights @ x) / wsum
         d = x - mean
         cov = (d * weights[:, None]).T @ d / wsum
-    inv, det = _inv3(cov + _VAR_FLOOR * np.eye(3))
+    inv, det = _inv3(cov + _VAR_FLOOR_3)
     return mean.astype(np.float32), inv.astype(np.float32), float(np.log(max(det, 1e-12)))
 
 

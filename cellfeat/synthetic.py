@@ -14,6 +14,12 @@ images alone are not enough either. Clinical attributes follow the real
 cohort (tumoral patients older, with higher, heavy-tailed lymphocyte counts) with enough
 overlap that the clinical data alone is not enough.
 
+Colours come from a :class:`Palette`: :data:`DEFAULT_PALETTE` (cream plasma, mauve red
+cells, lavender cytoplasm, purple chromatin, as in a May-Grünwald-Giemsa smear) unless a
+palette is passed; :func:`random_palette` draws another lab's colours from the wide,
+documented :data:`PALETTE_RANGES` (``write_cohort(..., palette="random")`` gives every
+smear its own), for testing that segmentation does not depend on one stain's hues.
+
 Layout written by :func:`write_cohort` (the challenge layout, see :mod:`cellfeat.data`)::
 
     ROOT/trainset/trainset_true.csv   ROOT/trainset/P<i>/000000.jpg ...
@@ -29,12 +35,89 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CellParams", "PatientParams", "draw_cell", "sample_patient", "write_cohort",
-           "mask_paths", "hard_case", "HARD_CASES"]
+__all__ = ["CellParams", "PatientParams", "Palette", "DEFAULT_PALETTE", "PALETTE_RANGES",
+           "random_palette", "draw_cell", "sample_patient", "write_cohort", "mask_paths",
+           "hard_case", "HARD_CASES"]
 
 SIZE = 224
 #: Share of tumoral patients drawn with reactive-looking lymphocytes.
 ATYPICAL_SHARE = 0.15
+
+
+@dataclass(frozen=True)
+class Palette:
+    """RGB colours (0-255) of one smear's populations, before per-smear stain drift, blur
+    and noise: ``plasma`` (background), ``red_cells``, ``cytoplasm`` and ``deep_cytoplasm``
+    (a basophilic cell's, before its per-cell depth factor), ``chromatin`` and
+    ``pale_chromatin`` (open chromatin; texture is added to both), ``neighbour`` (another
+    white cell's nucleus cut by the border) and ``platelet``."""
+
+    plasma: tuple[float, float, float]
+    red_cells: tuple[float, float, float]
+    cytoplasm: tuple[float, float, float]
+    deep_cytoplasm: tuple[float, float, float]
+    chromatin: tuple[float, float, float]
+    pale_chromatin: tuple[float, float, float]
+    neighbour: tuple[float, float, float]
+    platelet: tuple[float, float, float]
+
+
+#: The colours the generator always had (a May-Grünwald-Giemsa look).
+DEFAULT_PALETTE = Palette(plasma=(238, 222, 205), red_cells=(200, 160, 178),
+                          cytoplasm=(182, 175, 215), deep_cytoplasm=(120, 130, 200),
+                          chromatin=(85, 45, 125), pale_chromatin=(140, 95, 175),
+                          neighbour=(95, 55, 135), platelet=(120, 70, 150))
+
+#: Ranges of :func:`random_palette` (uniform, each channel drawn independently). Stained
+#: colours are optical densities against the plasma, OD_c = ln(plasma_c / colour_c), so
+#: every hue is possible (pink, orange, grey or green red cells; blue, grey, pink or
+#: yellowish cytoplasm; any dark chromatin), under the constraints that make a smear
+#: readable at all (``constraints``, on mean OD over the channels): chromatin at least 2.5
+#: times as dense as both red cells and cytoplasm; red cells and cytoplasm visible against
+#: the plasma (mean OD >= 0.12 and >= 0.08); cytoplasm and red cells distinguishable (OD
+#: vectors >= 0.15 apart). Pale chromatin is the chromatin's OD times a factor; deep
+#: cytoplasm is the cytoplasm's OD scaled to a share of the chromatin's mean OD, so that
+#: it can be as dense as pale chromatin (the hard case of :data:`HARD_CASES`; in
+#: :data:`DEFAULT_PALETTE` pale chromatin is 0.49 and deep cytoplasm 0.40 of chromatin).
+PALETTE_RANGES = {
+    "plasma": (180.0, 250.0),          # 8-bit value, each channel
+    "red_cells_od": (0.05, 0.8),       # each channel
+    "cytoplasm_od": (0.0, 0.6),        # each channel
+    "chromatin_od": (0.5, 2.3),        # each channel
+    "pale_chromatin_factor": (0.45, 0.65),
+    "deep_cytoplasm_share": (0.3, 0.5),
+    "constraints": {"chromatin_over_others": 2.5, "red_cells_min": 0.12,
+                    "cytoplasm_min": 0.08, "cytoplasm_red_cells_distance": 0.15},
+}
+
+
+def random_palette(rng: np.random.Generator | int) -> Palette:
+    """Draw a palette from :data:`PALETTE_RANGES`: the same seed or generator state gives the
+    same palette (draws that break a constraint are redrawn from the same generator).
+
+    Examples
+    --------
+    >>> random_palette(3) == random_palette(3)
+    True
+    """
+    rng = np.random.default_rng(rng)
+    r, k = PALETTE_RANGES, PALETTE_RANGES["constraints"]
+    while True:
+        plasma = rng.uniform(*r["plasma"], size=3)
+        rbc, cyto, chrom = (rng.uniform(*r[f"{n}_od"], size=3)
+                            for n in ("red_cells", "cytoplasm", "chromatin"))
+        pale = float(rng.uniform(*r["pale_chromatin_factor"]))
+        deep = float(rng.uniform(*r["deep_cytoplasm_share"]))
+        if (chrom.mean() >= k["chromatin_over_others"] * max(rbc.mean(), cyto.mean())
+                and rbc.mean() >= k["red_cells_min"] and cyto.mean() >= k["cytoplasm_min"]
+                and np.linalg.norm(cyto - rbc) >= k["cytoplasm_red_cells_distance"]):
+            break
+    colour = lambda od: tuple(float(v) for v in plasma * np.exp(-od))  # noqa: E731
+    return Palette(plasma=tuple(float(v) for v in plasma), red_cells=colour(rbc),
+                   cytoplasm=colour(cyto),
+                   deep_cytoplasm=colour(cyto * deep * chrom.mean() / cyto.mean()),
+                   chromatin=colour(chrom), pale_chromatin=colour(pale * chrom),
+                   neighbour=colour(0.9 * chrom), platelet=colour(0.75 * chrom))
 
 
 @dataclass(frozen=True)
@@ -138,8 +221,9 @@ def _smooth_noise(rng, shape, sigma, amplitude):
     return noise * amplitude
 
 
-def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams | None = None):
-    """Draw one 224×224 lymphocyte image.
+def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams | None = None,
+              palette: Palette = DEFAULT_PALETTE):
+    """Draw one 224×224 lymphocyte image in the colours of ``palette``.
 
     Returns
     -------
@@ -155,7 +239,7 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
         cell = _sample_cell(rng, patient)
     shape = (SIZE, SIZE)
     img = np.empty((SIZE, SIZE, 3), np.float32)
-    img[:] = (238, 222, 205)  # pale plasma
+    img[:] = palette.plasma
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     img += (_smooth_noise(rng, shape, 30, 4))[:, :, None]
 
@@ -170,7 +254,7 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
         # blend only inside the disc's bounding box: the whole-image version costs 10x
         y0, y1 = max(int(cy - r - 2), 0), min(int(cy + r + 3), SIZE)
         x0, x1 = max(int(cx - r - 2), 0), min(int(cx + r + 3), SIZE)
-        colour = np.array([200, 160, 178], np.float32) + rng.normal(0, 5, 3)
+        colour = np.array(palette.red_cells, np.float32) + rng.normal(0, 5, 3)
         if y1 <= y0 or x1 <= x0:
             continue
         d = np.hypot(xx[y0:y1, x0:x1] - cx, yy[y0:y1, x0:x1] - cy)
@@ -185,7 +269,7 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
         pos = rng.uniform(30, SIZE - 30)
         cx, cy = [(pos, -8), (SIZE + 8, pos), (pos, SIZE + 8), (-8, pos)][side]
         nb = _fill(shape, _radial_polygon(cx, cy, rng.uniform(22, 30), 1.1, 0, ((0.03, 0),) * 4))
-        img[nb] = (95, 55, 135)
+        img[nb] = palette.neighbour
 
     # the lymphocyte: cytoplasm, then nucleus, centred with a little jitter
     cx, cy = SIZE / 2 + rng.normal(0, 4, 2)
@@ -196,8 +280,8 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
     cpoly = _radial_polygon(cx + ox, cy + oy, cell.nucleus_radius + cell.rim, cell.elongation,
                             angle, tuple((a * 0.5, ph) for a, ph in cell.harmonics))
     cell_mask = _fill(shape, cpoly) | nucleus
-    cyto_colour = (np.array([120, 130, 200], np.float32) * cell.blue_depth if cell.deep_blue
-                   else np.array([182, 175, 215], np.float32))
+    cyto_colour = (np.array(palette.deep_cytoplasm, np.float32) * cell.blue_depth
+                   if cell.deep_blue else np.array(palette.cytoplasm, np.float32))
     img[cell_mask] = cyto_colour + rng.normal(0, 3, 3)
     # red cells pressed into the cytoplasm: drawn over it, they stay out of the cell; the
     # cytoplasm between them stays in
@@ -213,14 +297,14 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
         disc = np.clip((r - d) / 1.5, 0, 1)
         pallor = np.exp(-((d / (0.45 * r)) ** 2))
         alpha = (disc * (0.95 - 0.45 * pallor))[:, :, None]
-        colour = np.array([200, 160, 178], np.float32) + rng.normal(0, 5, 3)
+        colour = np.array(palette.red_cells, np.float32) + rng.normal(0, 5, 3)
         img[:] = img * (1 - alpha) + colour * alpha
         cell_mask &= ~(d < r) | nucleus
 
     if cell.pale:
-        base, amp = np.array([140, 95, 175], np.float32), 22
+        base, amp = np.array(palette.pale_chromatin, np.float32), 22
     else:
-        base, amp = np.array([85, 45, 125], np.float32), 14
+        base, amp = np.array(palette.chromatin, np.float32), 14
     chromatin = _smooth_noise(rng, shape, 1.6, amp)
     nuc_px = base[None, :] + chromatin[nucleus][:, None]
     img[nucleus] = nuc_px
@@ -230,7 +314,7 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
         a = rng.uniform(0, 2 * np.pi)
         dist = cell.nucleus_radius + cell.rim + rng.uniform(8, 25)
         px, py = cx + dist * np.cos(a), cy + dist * np.sin(a)
-        cv2.circle(img, (int(px), int(py)), int(rng.integers(2, 5)), (120, 70, 150), -1)
+        cv2.circle(img, (int(px), int(py)), int(rng.integers(2, 5)), palette.platelet, -1)
 
     img *= np.asarray(patient.stain, np.float32)[None, None, :]
     img = cv2.GaussianBlur(img, (0, 0), 0.7)
@@ -242,14 +326,14 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
 HARD_CASES = ("deep_blue_pale", "abundant_pale", "wrapping")
 
 
-def hard_case(rng: np.random.Generator, kind: str):
+def hard_case(rng: np.random.Generator, kind: str, palette: Palette = DEFAULT_PALETTE):
     """Draw one cell of a kind that is hard to segment, with its true masks.
 
     ``"deep_blue_pale"``: deep-blue (basophilic) cytoplasm, 4–14 px wide, around a pale,
     open chromatin, the two about as dark on a stain-contrast channel; ``"abundant_pale"``:
     pale cytoplasm half to 0.9 of a nucleus radius wide against the cream plasma;
     ``"wrapping"``: cytoplasm 8–18 px wide pressed around two or three red cells. A reactive
-    patient's stain drift and shapes otherwise.
+    patient's stain drift and shapes otherwise, in the colours of ``palette``.
 
     Returns
     -------
@@ -267,7 +351,7 @@ def hard_case(rng: np.random.Generator, kind: str):
                     wrap=0)
     else:
         c = replace(c, rim=float(rng.uniform(8, 18)), wrap=int(rng.integers(2, 4)))
-    return draw_cell(rng, p, c)
+    return draw_cell(rng, p, c, palette)
 
 
 def mask_paths(root, split: str, patient: str, image_name: str) -> tuple[Path, Path]:
@@ -286,7 +370,7 @@ def _format_dob(rng: np.random.Generator, dob: date) -> str:
 
 def write_cohort(root, *, n_train: int = 60, n_test: int = 6, cells: tuple[int, int] = (16, 40),
                  tumoral_share: float = 0.69, seed: int = 0, reference_date: str = "2020-01-01",
-                 jpeg_quality: int = 92) -> Path:
+                 jpeg_quality: int = 92, palette: str = "default") -> Path:
     """Write a synthetic cohort in the challenge layout under ``root``.
 
     Parameters
@@ -301,6 +385,9 @@ def write_cohort(root, *, n_train: int = 60, n_test: int = 6, cells: tuple[int, 
         Expected share of tumoral patients (real cohort: 83 of 120).
     seed : int
         Same seed, same bytes.
+    palette : {"default", "random"}
+        :data:`DEFAULT_PALETTE` for every smear, or a :func:`random_palette` per patient
+        (one smear each), drawn from the patient's own generator.
 
     Returns
     -------
@@ -309,6 +396,8 @@ def write_cohort(root, *, n_train: int = 60, n_test: int = 6, cells: tuple[int, 
     """
     import cv2
 
+    if palette not in ("default", "random"):
+        raise ValueError(f"palette must be 'default' or 'random', got {palette!r}")
     root = Path(root)
     ss = np.random.SeedSequence(seed)
     label_rng = np.random.default_rng(ss.spawn(1)[0])
@@ -324,11 +413,12 @@ def write_cohort(root, *, n_train: int = 60, n_test: int = 6, cells: tuple[int, 
         split = "trainset" if k < n_train else "testset"
         rng = np.random.default_rng(child)
         p = sample_patient(rng, int(lab))
+        colours = random_palette(rng) if palette == "random" else DEFAULT_PALETTE
         n_cells = int(rng.integers(cells[0], cells[1] + 1))
         folder = root / split / pid
         folder.mkdir(parents=True, exist_ok=True)
         for j in range(n_cells):
-            img, nuc, cell = draw_cell(rng, p)
+            img, nuc, cell = draw_cell(rng, p, palette=colours)
             name = f"{j:06d}.jpg"
             ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             (folder / name).write_bytes(buf.tobytes())

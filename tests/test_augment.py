@@ -2,6 +2,8 @@
 what the issue asks of a shifted cell (masks kept, colour-normalised features within a
 tolerance derived below)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from cellfeat import augment
 from cellfeat.augment import (RANDOM_RANGES, SHIFT_PANEL, ColourShift, gamma, illumination,
                               jpeg, random_shift, scale_optical_density, stain_balance,
                               stain_strength, white_balance)
+from cellfeat.features import FEATURE_NAMES
 
 
 def flat(rgb, size=4):
@@ -186,17 +189,15 @@ def test_shift_keeps_nucleus_masks(cells, shift):
 
 
 def _cell_mask_params():
-    # Measured with the whole-cell colour model of cellfeat.segment (issue 12): every shift
-    # of the panel but JPEG keeps all 16 cell masks. Strict xfail where it does not, so a
-    # mark goes the day its case passes.
+    # Measured with the segmentation of issue 22 (colour read relative to each image's
+    # plasma): every colour shift keeps all 16 cell masks, the random draw random-3112ec61
+    # included (it moved one cell to IoU 0.79 when the cell was found by hue). Strict
+    # xfail where it does not, so a mark goes the day its case passes.
     jpeg = ("JPEG re-encoding smears the pale cytoplasm's colour at its edge: one synthetic "
-            "cell in 16 falls below IoU 0.95")
-    draw = ("this random draw (gains 0.97/1.01/0.95, gamma 0.93, stain 0.92, blue +0.09) moves "
-            "one synthetic cell in 16 to IoU 0.79: the cytoplasm/plasma split is colour-based")
+            "cell in 16 falls to IoU 0.94 (quality 70) and 0.94 (the draw at quality 88)")
     out = []
     for s in SHIFTS:
-        why = jpeg if _kind(s) == "jpeg" else draw if s.name == "random-3112ec61" else None
-        marks = [pytest.mark.xfail(reason=why, strict=True)] if why else []
+        marks = [pytest.mark.xfail(reason=jpeg, strict=True)] if _kind(s) == "jpeg" else []
         out.append(pytest.param(s, id=s.name, marks=marks))
     return out
 
@@ -282,3 +283,89 @@ def _drift_params():
 def test_features_within_tolerance(drift, fam, shift):
     assert drift[shift][fam] <= TOLERANCE, (
         f"{fam} features' bag means move {drift[shift][fam]:.3f} cell SDs under {shift}")
+
+
+# ---------------------------------------------------------------- references on real images
+
+DLMI = Path(__file__).resolve().parents[2] / "shared" / "data" / "dlmi"
+#: Colour features read as optical densities against the image's own plasma and red cells
+#: (cellfeat.features). The OD heterogeneities are left out: they are coefficients of
+#: variation of the per-pixel density D of texture (linear light), which the references
+#: enter only as an offset, and which gamma on encoded values moves 0.25-0.28 cell SD.
+REFERENCE_RELATIVE = [n for n in FEATURE_NAMES if "_Colour_OD_" in n and "Heterogeneity" not in n]
+#: Gain, gamma and stain-strength shifts: the panel's colour shifts, the largest red gain of
+#: RANDOM_RANGES (dlmi's plasma is at 250-254 in red: +6 % saturates it, the case of issue
+#: 22), a gain on every channel, and the ends of RANDOM_RANGES' gamma and stain strength
+#: one at a time.
+REFERENCE_SHIFTS = [s for s in SHIFT_PANEL if s.jpeg_quality is None] + [
+    ColourShift("red-gain-1.06", gains=(1.06, 1.0, 1.0)),
+    ColourShift("gains-1.05", gains=(1.05, 1.05, 1.05)),
+    ColourShift("gamma-0.88", gamma=0.88), ColourShift("gamma-1.12", gamma=1.12),
+    ColourShift("stain-0.85", stain_strength=0.85), ColourShift("stain-1.2", stain_strength=1.2)]
+#: Not yet within the tolerance, with the reason (xfail, never a looser tolerance).
+REFERENCE_NOT_YET = {
+    "gamma-1.12": "measured 0.116 cell SD (Nucleus_Colour_OD_G_RelRBC) against 0.112: gamma "
+    "acts on encoded values and a stain on linear light, and no one encoding of OD cancels "
+    "both (cellfeat.features, 'The offset c0'); 0.110 with another sample of masks",
+}
+
+
+@pytest.fixture(scope="module")
+def dev_cells():
+    """One image from each of 30 labelled dev patients (every 4th by ID), the first of its
+    first ten that segments "ok", with its segmentation."""
+    from cellfeat.data import load_cohort, read_image
+    from cellfeat.segment import segment_nucleus
+
+    if not (DLMI / "trainset" / "trainset_true.csv").is_file():
+        pytest.skip(f"real data not found at {DLMI}")
+    cohort = load_cohort(DLMI)
+    labelled = cohort.clinical.index[cohort.clinical["LABEL"] >= 0]
+    out = []
+    for pid in sorted(labelled)[::4][:30]:
+        for f in cohort.images[pid][:10]:
+            image = read_image(f)
+            seg = segment_nucleus(image)
+            if seg.ok:
+                out.append((image, seg))
+                break
+    assert len(out) == 30
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_drift(dev_cells):
+    """|mean change| of each reference-relative colour feature over the 30 cells under each
+    shift, in SDs of the feature across the 30 (cells of 30 patients), the masks held fixed
+    (the references are on trial here, not the segmentation)."""
+    from cellfeat.features import compute_features
+
+    names = REFERENCE_RELATIVE
+    base = pd.DataFrame([compute_features(im, seg, names) for im, seg in dev_cells])
+    sd = base.std(ddof=1)
+    out = {}
+    for shift in REFERENCE_SHIFTS:
+        moved = pd.DataFrame([compute_features(shift.apply(im), seg, names)
+                              for im, seg in dev_cells])
+        out[shift.name] = ((moved - base).mean() / sd).abs()
+    return out
+
+
+def _reference_params():
+    out = []
+    for s in REFERENCE_SHIFTS:
+        why = REFERENCE_NOT_YET.get(s.name)
+        marks = [pytest.mark.xfail(reason=why, strict=False)] if why else []
+        out.append(pytest.param(s.name, id=s.name, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("shift", _reference_params())
+def test_reference_relative_colour_on_dev_images(reference_drift, shift):
+    # Tolerance TOLERANCE (above): a bag mean's own sampling noise. Before issue 22 (plasma
+    # taken at 255 where saturated, OD on ln(v + 1)) the worst feature moved 0.64 cell SD
+    # under red-gain-1.06, 0.36 under warm-wb, 0.19 under blue-dark-stain.
+    z = reference_drift[shift]
+    assert len(z) == 8 and z.notna().all()
+    assert z.max() <= TOLERANCE, (
+        f"{z.idxmax()} moves {z.max():.3f} cell SDs under {shift}:\n{z.round(3)}")

@@ -98,3 +98,45 @@ def test_wrapping_red_cells_stay_out_of_the_cell():
                                    cv2.CHAIN_APPROX_NONE)
         c = max(cnts, key=cv2.contourArea)
         assert cv2.contourArea(c) < 0.97 * cv2.contourArea(cv2.convexHull(c))
+
+
+def test_random_palette_is_seeded_and_keeps_a_smear_readable():
+    from cellfeat.synthetic import DEFAULT_PALETTE, PALETTE_RANGES, random_palette
+
+    assert random_palette(4) == random_palette(4) != random_palette(5)
+    k = PALETTE_RANGES["constraints"]
+    lo, hi = PALETTE_RANGES["plasma"]
+    plasmas = []
+    for seed in range(200):
+        p = random_palette(seed)
+        plasma = np.array(p.plasma)
+        assert ((lo <= plasma) & (plasma <= hi)).all()
+        od = {n: np.log(plasma / np.array(getattr(p, n)))
+              for n in ("red_cells", "cytoplasm", "chromatin", "pale_chromatin", "deep_cytoplasm")}
+        # the documented constraints, on mean OD over the channels (small slack: float)
+        assert od["chromatin"].mean() >= k["chromatin_over_others"] * max(
+            od["red_cells"].mean(), od["cytoplasm"].mean()) - 1e-9
+        assert od["red_cells"].mean() >= k["red_cells_min"] - 1e-9
+        assert np.linalg.norm(od["cytoplasm"] - od["red_cells"]) >= k[
+            "cytoplasm_red_cells_distance"] - 1e-9
+        # pale chromatin and deep cytoplasm: a share of chromatin's density, as documented
+        share = od["deep_cytoplasm"].mean() / od["chromatin"].mean()
+        assert PALETTE_RANGES["deep_cytoplasm_share"][0] - 1e-9 <= share
+        assert share <= PALETTE_RANGES["deep_cytoplasm_share"][1] + 1e-9
+        plasmas.append(plasma)
+    # wide: every channel of the plasma spans most of its range over 200 draws
+    spread = np.ptp(np.array(plasmas), axis=0)
+    assert (spread > 0.9 * (hi - lo)).all()
+    assert DEFAULT_PALETTE.plasma == (238, 222, 205)  # the colours the generator always had
+
+
+def test_cohort_in_random_palettes(tmp_path):
+    import pytest
+
+    a = write_cohort(tmp_path / "a", n_train=3, n_test=0, cells=(2, 2), seed=3, palette="random")
+    b = write_cohort(tmp_path / "b", n_train=3, n_test=0, cells=(2, 2), seed=3, palette="random")
+    assert _digest(a) == _digest(b)
+    corners = {tuple(cv2.imread(str(p))[2, 2]) for p in sorted(a.rglob("000000.jpg"))}
+    assert len(corners) == 3  # each smear its own plasma (or a red cell in its corner)
+    with pytest.raises(ValueError):
+        write_cohort(tmp_path / "c", n_train=1, n_test=0, cells=(1, 1), palette="pastel")
