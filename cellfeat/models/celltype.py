@@ -57,38 +57,37 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q) -> np.ndarray:
     return v[np.minimum(idx, len(v) - 1)]
 
 
-class _CellModel:
-    """One fitted cell model: medians for imputation, standardisation, logistic weights,
-    and the score cut-offs of its training cells."""
+def _fit_cell_model(bags: list[np.ndarray], y: np.ndarray, C: float, cutoffs) -> dict:
+    """One fitted cell model, as plain arrays (what a model bundle can hold): medians for
+    imputation, standardisation, logistic weights, and the score cut-offs of its training
+    cells."""
+    cells = np.concatenate(bags)
+    med = np.nanmedian(cells, axis=0)
+    medians = np.where(np.isfinite(med), med, 0.0)
+    x = np.where(np.isfinite(cells), cells, medians)
+    mean, sd = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(sd > 0, sd, 1.0)
+    # each patient's cells share a weight of one, and each class counts for half of the
+    # patients: no patient outweighs another by its number of images
+    n_class = np.bincount(y, minlength=2).astype(float)
+    per_patient = len(y) / (2 * n_class[y])
+    w = np.concatenate([np.full(len(b), p / len(b)) for b, p in zip(bags, per_patient)])
+    cell_y = np.concatenate([np.full(len(b), lab) for b, lab in zip(bags, y)])
+    # cell label 1 = a reactive patient's cell: the score reads "reactive-looking"
+    fit = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / scale, 1 - cell_y,
+                                                     sample_weight=w)
+    model = {"medians": medians, "mean": mean, "scale": scale, "coef": fit.coef_[0].copy(),
+             "intercept": float(fit.intercept_[0])}
+    # cut-offs: quantiles of the training cells' scores, each patient counting once
+    equal = np.concatenate([np.full(len(b), 1.0 / len(b)) for b in bags])
+    model["thresholds"] = weighted_quantile(_cell_score(model, cells), equal, cutoffs)
+    return model
 
-    def __init__(self, features, C, cutoffs):
-        self.features, self.C, self.cutoffs = features, C, cutoffs
 
-    def fit(self, bags: list[np.ndarray], y: np.ndarray):
-        cells = np.concatenate(bags)
-        med = np.nanmedian(cells, axis=0)
-        self.medians = np.where(np.isfinite(med), med, 0.0)
-        x = np.where(np.isfinite(cells), cells, self.medians)
-        self.mean = x.mean(axis=0)
-        sd = x.std(axis=0)
-        self.scale = np.where(sd > 0, sd, 1.0)
-        # each patient's cells share a weight of one, and each class counts for half of the
-        # patients: no patient outweighs another by its number of images
-        n_class = np.bincount(y, minlength=2).astype(float)
-        per_patient = len(y) / (2 * n_class[y])
-        w = np.concatenate([np.full(len(b), p / len(b)) for b, p in zip(bags, per_patient)])
-        cell_y = np.concatenate([np.full(len(b), lab) for b, lab in zip(bags, y)])
-        # cell label 1 = a reactive patient's cell: the score reads "reactive-looking"
-        self.model = LogisticRegression(C=self.C, max_iter=2000).fit(
-            (x - self.mean) / self.scale, 1 - cell_y, sample_weight=w)
-        # cut-offs: quantiles of the training cells' scores, each patient counting once
-        equal = np.concatenate([np.full(len(b), 1.0 / len(b)) for b in bags])
-        self.thresholds = weighted_quantile(self.score(cells), equal, self.cutoffs)
-        return self
-
-    def score(self, cells: np.ndarray) -> np.ndarray:
-        x = np.where(np.isfinite(cells), cells, self.medians)
-        return self.model.decision_function((x - self.mean) / self.scale)
+def _cell_score(model: dict, cells: np.ndarray) -> np.ndarray:
+    """The log-odds of *reactive* of each cell (rows of ``cells``) under ``model``."""
+    x = np.where(np.isfinite(cells), cells, model["medians"])
+    return ((x - model["mean"]) / model["scale"]) @ model["coef"] + model["intercept"]
 
 
 class CellTypeScore(TransformerMixin, BaseEstimator):
@@ -126,7 +125,9 @@ class CellTypeScore(TransformerMixin, BaseEstimator):
     Attributes
     ----------
     features_ : list of str
-    model_ : the cell model fitted on all training patients with usable cells
+    model_ : dict of arrays
+        The cell model fitted on all training patients with usable cells: ``medians``,
+        ``mean``, ``scale``, ``coef``, ``intercept``, ``thresholds``.
     thresholds_ : ndarray
         The score cut-offs (log-odds) of ``model_``, one per ``cutoffs`` level.
     coef_ : pandas.Series
@@ -186,11 +187,11 @@ class CellTypeScore(TransformerMixin, BaseEstimator):
         return ([f"CellType_ReactiveShare_AboveQ{round(100 * c)}" for c in self.cutoffs]
                 + [f"CellType_ReactiveScore_Q{round(100 * q)}" for q in self.quantiles])
 
-    def _patient_features(self, model: _CellModel, bags) -> np.ndarray:
+    def _patient_features(self, model: dict, bags) -> np.ndarray:
         out = np.empty((len(bags), len(self.cutoffs) + len(self.quantiles)))
         for i, b in enumerate(bags):
-            s = model.score(b)
-            out[i, :len(self.cutoffs)] = (s[:, None] > model.thresholds[None, :]).mean(axis=0)
+            s = _cell_score(model, b)
+            out[i, :len(self.cutoffs)] = (s[:, None] > model["thresholds"][None, :]).mean(axis=0)
             out[i, len(self.cutoffs):] = np.quantile(s, self.quantiles)
         return out
 
@@ -200,8 +201,8 @@ class CellTypeScore(TransformerMixin, BaseEstimator):
         return pd.DataFrame(out, index=X.index, columns=self._names())
 
     # ---- fitting
-    def _fit_model(self, bags, y) -> _CellModel:
-        return _CellModel(self.features_, self.C, np.asarray(self.cutoffs, float)).fit(bags, y)
+    def _fit_model(self, bags, y) -> dict:
+        return _fit_cell_model(bags, y, self.C, np.asarray(self.cutoffs, float))
 
     def _check_y(self, X, y) -> np.ndarray:
         y = np.asarray(y)
@@ -233,8 +234,7 @@ class CellTypeScore(TransformerMixin, BaseEstimator):
                              f"patients with usable cells in each class; got cv={self.cv} "
                              f"and class counts {counts.tolist()}")
         self.model_ = self._fit_model(bags, yb)
-        self.thresholds_ = self.model_.thresholds
-        self.coef_ = pd.Series(self.model_.model.coef_[0], index=self.features_)
+        self.thresholds_ = self.model_["thresholds"]
         oof = np.empty((len(bags), len(self._names())))
         folds = StratifiedKFold(min(self.cv, counts.min()), shuffle=True,
                                 random_state=self.random_state)
@@ -254,8 +254,14 @@ class CellTypeScore(TransformerMixin, BaseEstimator):
         order; an empty array for a patient without usable cells."""
         check_is_fitted(self, "model_")
         bags, has = self._bags(X)
-        scores = iter(self.model_.score(b) for b in bags)
+        scores = iter(_cell_score(self.model_, b) for b in bags)
         return [next(scores) if h else np.empty(0) for h in has]
+
+    @property
+    def coef_(self) -> pd.Series:
+        """The cell model's weights per standardised feature (high = reactive-looking)."""
+        check_is_fitted(self, "model_")
+        return pd.Series(self.model_["coef"], index=self.features_)
 
     def get_feature_names_out(self, input_features=None):
         return np.asarray(self._names(), dtype=object)
