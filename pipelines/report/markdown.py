@@ -387,17 +387,26 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
               "| score | AUC (reactive) |", "|---|---|",
               *[f"| `{n}` | {r.auc_reactive_mean:.3f} ± {r.auc_reactive_sd:.3f} |"
                 for n, r in het.iterrows()], ""]
+    above = int(uni["ABOVE_NULL"].sum()) if "ABOVE_NULL" in uni else 0
     lines += ["## Which features carry signal on their own?", "",
               "Every patient-level feature (the mean and cell-to-cell SD of each cell feature, "
               "and the bag features), alone: out-of-fold ROC AUC over the same "
               f"{meta['repeats']}×{meta['folds']} folds, with the direction (higher or lower in "
-              "tumoral patients) learnt on the training patients of each fold, so a feature "
-              "without signal scores about 0.5. *spread* is the 5–95 % range of the AUC over "
-              "the held-out folds (what a cohort of that size would see). Full table: "
-              "`univariate_auc.csv` (`pipelines.report.univariate`).", "",
-              "| feature | AUC out of fold | spread | direction | direction stable |",
-              "|---|---|---|---|---|",
-              *[f"| `{r.FEATURE}` | {r.AUC_OOF:.3f} | {r.AUC_OOF_Q05:.2f}–{r.AUC_OOF_Q95:.2f} | "
+              "tumoral patients) learnt on the training patients of each fold. Among a hundred "
+              "features some reach 0.6–0.7 by chance alone, so each AUC is read against "
+              "*noise at its rank*: with the labels shuffled (same folds), the 95th percentile "
+              "of the AUC that ranked there (and above 0.5). "
+              f"**{above} of {len(uni)} features are above the noise at their rank.** "
+              "`Bag_NCells` and `Bag_QCFailedShare` describe the acquisition, not the cells: "
+              "they are listed for what they are, and are not model inputs. "
+              "*spread* is the 5–95 % range of the AUC over the held-out folds (what a cohort "
+              "of that size would see). Full table: `univariate_auc.csv` "
+              "(`pipelines.report.univariate`).", "",
+              "| feature | AUC out of fold | noise at this rank | above noise | spread | "
+              "direction | direction stable |",
+              "|---|---|---|---|---|---|---|",
+              *[f"| `{r.FEATURE}` | {r.AUC_OOF:.3f} | {r.NULL_AUC_AT_RANK:.3f} | "
+                f"{'yes' if r.ABOVE_NULL else 'no'} | {r.AUC_OOF_Q05:.2f}–{r.AUC_OOF_Q95:.2f} | "
                 f"{r.DIRECTION} | {r.DIRECTION_AGREEMENT:.0%} |" for r in uni.itertuples()], ""]
     if len(imp):
         lines += ["## Feature importances of the chosen model", "",
