@@ -311,12 +311,17 @@ def test_patients_without_a_call_or_images_get_a_section(scored):
     assert html.count('<section class="patient"') == len(frame)
 
 
-def test_probability_and_threshold_are_told_apart():
+def test_probability_and_threshold_are_printed_as_they_are_compared():
+    from cellfeat.decision import call
     from pipelines.report.html import _pair
 
     # rounding both to 2 decimals would print "0.85 against 0.85" for a reactive call
     assert _pair(0.8461, 0.8481) == ("0.846", "0.848")
-    assert _pair(0.97, 0.8481) == ("0.97", "0.848")
+    assert _pair(0.97, 0.8481) == ("0.970", "0.848")
+    # the page never shows a call its numbers contradict: equal as printed is tumoral
+    for p, t in [(0.84749, 0.8475), (0.8474, 0.8475), (0.69166, 0.692), (0.6914, 0.69166)]:
+        shown_p, shown_t = _pair(p, t)
+        assert bool(call(p, t)) == (float(shown_p) >= float(shown_t))
 
 
 def test_score_page_lists_every_patient_and_unusable_image(scored):
@@ -368,3 +373,29 @@ def test_train_page_in_chromium(train_page, tmp_path):
     assert HOSTILE in text and "cellfeat training report" in text
     assert len(dom.imgs) == 2 and all(i["src"].startswith("data:image/png") for i in dom.imgs)
     assert requests_of(train_page, tmp_path) == []
+
+
+def test_score_page_says_which_evidence_decided_and_flags_training_patients(scored):
+    """Issue 19: every patient's section says in words whether the count or the cells
+    carried the call (its side of the overlap zone, its route); training patients scored
+    again are flagged as in-sample, on the page and per patient."""
+    kw = dict(scored["kw"])
+    frame = kw["frame"].copy()
+    a, b = frame.index[:2]
+    limit = float(frame["LYMPH_COUNT"].median())
+    frame.loc[a, "LYMPH_COUNT"] = limit / 2       # in the zone
+    frame.loc[b, "LYMPH_COUNT"] = limit * 3       # above it
+    pred = score_frame(kw["models"], frame, zone_limit=limit, training_ids=[b])
+    meta = {**kw["meta"], "zone": {"limit": limit, "nested": {"ba": 0.85, "ci95": [0.7, 0.95]},
+                                   "clinical": {"ba": 0.7}}}
+    kw.update(frame=frame, pred=pred, meta=meta)
+    ctx = score_report_context(**kw)
+    by_id = {p["id"]: p for p in ctx["patients"]}
+    assert by_id[a]["zone"] == "overlap" and "rests on the cells" in by_id[a]["evidence"]
+    assert by_id[b]["zone"] == "count" and "the count carries" in by_id[b]["evidence"]
+    assert by_id[b]["in_training"] and not by_id[a]["in_training"]
+    assert ctx["in_training"] == 1
+    html = render("score.html.j2", **ctx)
+    assert "1 of these patients were training patients of this model" in html
+    assert html.count("What decided:") == len(frame)
+    assert f"count ≤ {limit:.1f}" in html

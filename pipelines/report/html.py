@@ -71,14 +71,12 @@ def _num(x, fmt=".2f") -> str:
 
 
 def _pair(p, threshold) -> tuple[str, str]:
-    """P(tumoral) and its threshold with as many decimals as it takes to tell them apart
-    (0.849 against 0.850, not 0.85 against 0.85)."""
-    if _missing(p) or _missing(threshold):
-        return _num(p), _num(threshold)
-    for d in range(2, 7):
-        if round(p, d) != round(threshold, d):
-            break
-    return f"{p:.{d}f}", f"{threshold:.{max(d, 3)}f}"
+    """P(tumoral) and its threshold at :data:`cellfeat.decision.DECIMALS`, the precision
+    the call compares them at: a call is tumoral exactly when the first, as printed, is at
+    least the second, as printed (0.692 against 0.692 is tumoral)."""
+    from cellfeat.decision import DECIMALS
+
+    return _num(p, f".{DECIMALS}f"), _num(threshold, f".{DECIMALS}f")
 
 
 def _plt():
@@ -572,12 +570,39 @@ def _qc_reasons(feat_dir: Path | None, ids) -> pd.DataFrame:
     return cells
 
 
+def evidence_text(route: str, zone: str, count, limit) -> str:
+    """Which evidence drove a call, in plain words (route and overlap zone of the patient)."""
+    count_txt = f"{float(count):.1f} ×10⁹/L" if not _missing(count) else "unknown"
+    limit_txt = f"{float(limit):.1f}" if not _missing(limit) else "?"
+    if route == "none" or not route:
+        return "No call: neither usable cells nor age and count."
+    if route == "image":
+        return ("Age or lymphocyte count is missing: the call rests on the cells alone "
+                "(the image-only model).")
+    if route == "clinical":
+        text = "No usable cell: the call rests on age and lymphocyte count alone (the clinical model)."
+        if zone == "overlap":
+            text += (f" The count ({count_txt}) lies in the overlap zone (at or below {limit_txt}), "
+                     f"where the clinical data are weak.")
+        return text
+    if zone == "overlap":
+        return (f"Lymphocyte count {count_txt} lies in the overlap zone (at or below {limit_txt}, "
+                f"the highest count of a reactive training patient): reactive and tumoral "
+                f"patients overlap here, so the call rests on the cells, read with age and count.")
+    if zone == "count":
+        return (f"Lymphocyte count {count_txt} is above every reactive training patient's "
+                f"({limit_txt}): at such counts every training patient was tumoral, so the count "
+                f"carries most of the call; the cells are read too.")
+    return "The call reads the cells, age and lymphocyte count together."
+
+
 def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, models: dict,
                          meta: dict, feat_dir=None, data=None, k: int = 8) -> dict:
     """Everything the scoring page shows, as plain data (numbers, strings, data URIs)."""
     method = (meta.get("feature_settings") or {}).get("method", "otsu")
     dec, tri = _thresholds(meta, pred, models["main"])
     nested = _nested(meta)
+    zone_meta = meta.get("zone") if isinstance(meta.get("zone"), dict) else {}
     ref = (meta.get("reference") or {}).get("variables", {})
     cells_long = _qc_reasons(feat_dir, frame.index)
     files_of = {pid: {p.name: p for p in cohort.images.get(pid, [])} for pid in frame.index}
@@ -615,10 +640,14 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
             tiles, ranking_note = _ranked_tiles(model, X1, mine, files_of[pid], call, method, k)
         n_found, n_used = int(r["N_CELLS"]), int(r["N_CELLS_USED"])
         p_text, thr_text = _pair(proba, thr)
+        zone = str(r["ZONE"]) if "ZONE" in r and isinstance(r["ZONE"], str) else ""
         summary.append({"id": pid, "anchor": f"p{len(summary)}", "call": call, "proba": proba,
                         "p_text": p_text, "thr_text": thr_text,
                         "threshold": thr, "triage": triage, "status": str(r["STATUS"]),
-                        "n_used": n_used, "n_found": n_found})
+                        "n_used": n_used, "n_found": n_found, "zone": zone,
+                        "in_training": bool(r.get("IN_TRAINING", False)),
+                        "evidence": evidence_text(route, zone, X1["LYMPH_COUNT"].iloc[0],
+                                                  zone_meta.get("limit"))})
         patients.append({**summary[-1], "model": route, "age": X1["AGE"].iloc[0],
                          "count": X1["LYMPH_COUNT"].iloc[0], "gender": X1["GENDER"].iloc[0],
                          "clinical_fig": distribution_figure(clin), "het_fig": het_fig,
@@ -632,8 +661,9 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         "model": {"name": meta.get("chosen", "?"),
                   "version": (meta.get("versions") or {}).get("cellfeat", "?"),
                   "trained": meta.get("trained", "?"), "n_patients": meta.get("n_patients"),
-                  "nested": nested, "threshold": dec, "triage": tri,
+                  "nested": nested, "threshold": dec, "triage": tri, "zone": zone_meta or None,
                   "triage_meta": meta.get("triage") if isinstance(meta.get("triage"), dict) else None},
+        "in_training": int(sum(p["in_training"] for p in patients)),
         "cellfeat_version": cellfeat.__version__,
         "qc": {"patients": len(pred), "statuses": statuses.to_dict(),
                "images": int(len(cells_long)), "image_statuses": qc_counts.to_dict()},
@@ -778,6 +808,7 @@ def train_report_context(report_dir) -> dict:
             "chosen": metrics.get("chosen"), "nested": cands.get("nested"),
             "n_patients": metrics.get("n_patients"), "n_tumoral": metrics.get("n_tumoral"),
             "gain": metrics.get("images_vs_clinical"), "triage": metrics.get("triage"),
+            "zone": metrics.get("zone"),
             "generated": datetime.now().isoformat(timespec="seconds"),
             "cellfeat_version": cellfeat.__version__}
 

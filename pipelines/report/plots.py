@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellfeat.decision import DECIMALS
+
 CONTOUR_COLOURS = {"nucleus": (0, 220, 0), "hull": (255, 230, 0), "cell": (230, 40, 40)}
 
 
@@ -111,7 +113,9 @@ def patient_montages(cohort, frame, explainer, pred, out_dir, *, method="otsu", 
             tiles.append(draw_contours(img, segment_nucleus(img, method)))
             titles.append(f"{f.name}  score {scores[j]:+.2f}")
         call = "no call" if pd.isna(row["LABEL"]) else ("tumoral" if row["LABEL"] == 1 else "reactive")
+        # PROBA and THRESHOLD at the precision the call compares them at (DECIMALS)
         montage(tiles, titles, out_dir / f"{pid}.png", cols=4, suptitle=(
-            f"{pid}: {call} (P(tumoral) = {row['PROBA']:.2f}, tumoral if >= {row.get('THRESHOLD', float('nan')):.2f}; "
+            f"{pid}: {call} (P(tumoral) = {row['PROBA']:.{DECIMALS}f}, tumoral if >= "
+            f"{row.get('THRESHOLD', float('nan')):.{DECIMALS}f}; "
             f"triage: {row.get('TRIAGE', '') or 'n/a'}; {row['STATUS']}); "
             f"cells ranked by MI-SVM score"))
