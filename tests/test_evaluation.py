@@ -395,3 +395,29 @@ def test_zone_figures_are_those_of_the_zone_patients():
     assert z["gain"]["delta"] == pytest.approx(by_hand["nested"] - by_hand["count"])
     assert abs(everyone - by_hand["count"]) > 0.05  # the zone matters on this cohort
     assert 0.3 < res.zone.mean() < 0.8
+
+
+def test_nested_estimate_routes_patients_as_score_does():
+    """The nested estimate covers the fallback routing of ``cellfeat score``: a patient
+    without an age gets the image model's call, one without usable cells the clinical
+    model's, the others the chosen model's, in every outer fold."""
+    from cellfeat.models import make_pipeline
+
+    X, y = cell_frame(16, seed=3)
+    X = X.copy()
+    no_age, no_cells = X.index[[0, 20]], X.index[[5, 25]]
+    X.loc[no_age, "AGE"] = np.nan
+    for pid in no_cells:
+        X.at[pid, "CELLS"] = X.at[pid, "CELLS"].iloc[:0]
+    names = ["clinical-logreg", "mean-ridge", "clinical+mean-ridge"]
+    cands = [(n, make_pipeline(n, calibrated=False)) for n in names]
+    res = nested_cv(cands, X, y, eligible=["clinical+mean-ridge"], folds=3, repeats=1,
+                    fallbacks={"clinical": "clinical-logreg", "image": "mean-ridge"})
+    i_age = [X.index.get_loc(p) for p in no_age]
+    i_cells = [X.index.get_loc(p) for p in no_cells]
+    rest = np.setdiff1d(np.arange(len(y)), i_age + i_cells)
+    np.testing.assert_array_equal(res.proba["nested"][0, i_age], res.proba["mean-ridge"][0, i_age])
+    np.testing.assert_array_equal(res.proba["nested"][0, i_cells],
+                                  res.proba["clinical-logreg"][0, i_cells])
+    np.testing.assert_array_equal(res.proba["nested"][0, rest],
+                                  res.proba["clinical+mean-ridge"][0, rest])
