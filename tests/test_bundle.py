@@ -347,7 +347,8 @@ def test_byte_arrays_beyond_the_cap_are_refused_before_they_are_read(tmp_path):
                                      "__loader__": "ListNode", "__id__": 996,
                                      "content": [dict(node, __id__=997 + i) for i in range(4)]}
     blob = bytes(MAX_BYTEARRAY_BYTES // 2)     # each fits, four together do not
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+    # stored, as skops stores: compressed, this file would be refused for its expansion
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("schema.json", json.dumps(schema))
         zf.writestr("z.bin", blob)
     with pytest.raises(StageError, match="byte arrays add up"):
@@ -394,3 +395,167 @@ def test_the_file_is_read_once_so_a_swap_after_the_check_changes_nothing(tmp_pat
     pipeline, meta = bundle.load_bundle(live)
     assert type(pipeline).__name__ == "ClinicalFeatures" and meta == {}
     assert not (tmp_path / "pwned").exists()
+
+
+# --- round two (issue 20): files that exhaust or crash the loader -------------------------
+#
+# Each file below is a genuine bundle (the golden fixture, written by `cellfeat train` on a
+# synthetic cohort, or the every-candidate bundle above) edited the way a second red-team
+# edited them. Routes that exhausted memory or crashed native code are loaded in a child
+# process under an address-space cap, so a regression fails the test instead of killing
+# the test runner.
+
+import os
+import sys
+import textwrap
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "bundle.skops"
+REPO = Path(__file__).resolve().parents[1]
+#: Address space of the child that loads a hostile file: the imports and a genuine bundle
+#: take about 1.5 GiB (VmPeak measured loading the every-candidate bundle); the routes
+#: below asked for 4 to 6 GiB on the old code.
+CAP = 5 << 29
+
+CHILD = textwrap.dedent("""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+    from pipelines.bundle import load_bundle
+    from pipelines.io import StageError
+    try:
+        models, meta = load_bundle(sys.argv[1])
+    except StageError as exc:
+        print("REFUSED", exc)
+        sys.exit(0)
+    if len(sys.argv) > 3:            # score: predict the frame pickled by the test, twice
+        import pandas as pd
+        frame = pd.read_pickle(sys.argv[3])
+        for _ in range(2):
+            print("PROBA", [list(m.predict_proba(frame)[:, 1]) for k, m in sorted(models.items())
+                            if k != "explainer"])
+    print("LOADED")
+""")
+
+
+def _capped(path, frame_pickle=None, timeout=240):
+    """Load ``path`` (and score a pickled frame) in a child under :data:`CAP`; return the
+    child's first output line: "REFUSED <message>" or "LOADED"."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+    args = [sys.executable, "-c", CHILD, str(path), str(CAP)]
+    if frame_pickle is not None:
+        args.append(str(frame_pickle))
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def _members(path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _edit(src, dst, edit, compression=zipfile.ZIP_STORED) -> Path:
+    """A copy of bundle ``src`` whose schema (and members) ``edit(schema, members)``
+    changed in place, written as skops writes (stored) unless told otherwise."""
+    members = _members(src)
+    schema = json.loads(members["schema.json"])
+    edit(schema, members)
+    members["schema.json"] = json.dumps(schema).encode()
+    with zipfile.ZipFile(dst, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return Path(dst)
+
+
+def _add_entry(schema, key, node):
+    """Put ``node`` under ``key`` in the bundle's top dict (with its key type), where skops
+    builds it like any other entry."""
+    schema["content"][key] = node
+    schema["key_types"]["content"].append({"__class__": "str", "__module__": "builtins",
+                                        "__loader__": "TypeNode", "__id__": 977})
+
+
+def _list(items, ident):
+    return {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+            "content": items, "__id__": ident}
+
+
+def _npy(nbytes: int) -> bytes:
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.save(buf, np.zeros(nbytes // 8), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _array(name, ident):
+    return {"__class__": "ndarray", "__module__": "numpy", "__loader__": "NdArrayNode",
+            "type": "numpy", "file": name, "__id__": ident}
+
+
+def test_array_nodes_under_id_zero_are_refused(tmp_path):
+    # skops memoises only truthy ids, so each of these 800 nodes reads the 8 MiB member
+    # again (6.4 GiB); the old audit counted the id once
+    def edit(schema, members):
+        members["big.npy"] = _npy(8 << 20)
+        _add_entry(schema, "extra", _list([_array("big.npy", 0) for _ in range(800)], 978))
+    path = _edit(GOLDEN, tmp_path / "zero.skops", edit)
+    out = _capped(path)
+    assert out.startswith("REFUSED") and "not a positive integer" in out, out
+    assert str(path) in out and out.count("\n") == 1
+
+
+def test_one_id_for_a_small_and_a_large_array_is_refused(tmp_path):
+    # the old audit compared repeated nodes without their file names
+    def edit(schema, members):
+        members["small.npy"], members["big.npy"] = _npy(64), _npy(8 << 20)
+        _add_entry(schema, "extra", _list([_array("small.npy", 5), _array("big.npy", 5)], 978))
+    path = _edit(GOLDEN, tmp_path / "swap.skops", edit)
+    with pytest.raises(StageError, match="node id 5 names two different nodes"):
+        load_bundle(path)
+
+
+def test_every_array_occurrence_counts_against_the_read_cap(tmp_path):
+    # one id repeated is read once by skops, but the cap does not rely on it
+    from pipelines import bundle
+
+    def edit(schema, members):
+        members["big.npy"] = _npy(8 << 20)
+        _add_entry(schema, "extra", _list([_array("big.npy", 6)] * 40, 978))
+    path = _edit(GOLDEN, tmp_path / "many.skops", edit)
+    assert 40 * (8 << 20) > min(bundle.MAX_READ_BYTES, bundle.MAX_EXPANSION * path.stat().st_size)
+    with pytest.raises(StageError, match="arrays add up"):
+        load_bundle(path)
+
+
+def test_nested_nodes_around_one_large_string_stay_bounded(tmp_path):
+    # the old audit kept a JSON dump of every node's subtree: 58 levels x 40 MiB; the file
+    # is stored (a compressed one is refused earlier, for its expansion)
+    def edit(schema, members):
+        node = {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                "content": json.dumps("a" * (40 << 20)), "is_json": True, "__id__": 700}
+        for level in range(58):
+            node = _list([node], 701 + level)
+        _add_entry(schema, "extra", node)
+    path = _edit(GOLDEN, tmp_path / "nested.skops", edit)
+    assert _capped(path).splitlines()[-1] == "LOADED"   # a bounded load of a harmless file
+
+
+@pytest.mark.parametrize("route", ["file_as_list", "state_as_list", "deep_list"])
+def test_malformed_schema_is_a_one_line_refusal(route, tmp_path):
+    def edit(schema, members):
+        if route == "file_as_list":
+            _add_entry(schema, "extra", _array(["x.npy"], 979))
+        elif route == "state_as_list":
+            main = schema["content"]["pipeline"]["content"]["main"]
+            state = main["content"]
+            state["content"] = [{k: v} for k, v in state["content"].items()]
+        else:
+            node = _list([], 980)
+            for level in range(450):
+                node = _list([node], 981 + level)
+            _add_entry(schema, "extra", node)
+    path = _edit(GOLDEN, tmp_path / f"{route}.skops", edit)
+    with pytest.raises(StageError, match="refused") as err:
+        load_bundle(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
