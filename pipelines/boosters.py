@@ -192,7 +192,7 @@ def _check_tree(left: np.ndarray, right: np.ndarray, n_nodes: int, leaf, what: s
         for child in (left[node], right[node]):
             if leaf(child):
                 continue
-            if not 0 < child < n_nodes:
+            if not 0 <= child < n_nodes:
                 raise BoosterRefused(f"has {what} whose child index {child} is outside the tree")
             if seen[child]:
                 raise BoosterRefused(f"has {what} that reaches node {child} twice (a cycle or a "

@@ -559,3 +559,134 @@ def test_malformed_schema_is_a_one_line_refusal(route, tmp_path):
     with pytest.raises(StageError, match="refused") as err:
         load_bundle(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+# --- booster bytes: checked before XGBoost's or LightGBM's parser sees them ----------------
+
+@pytest.fixture(scope="module")
+def boosted(every_candidate, tmp_path_factory):
+    """A genuine bundle holding one XGBoost and one LightGBM candidate (fitted in
+    ``every_candidate``), and the cohort frame pickled for the child to score."""
+    _, models, frame = every_candidate
+    d = tmp_path_factory.mktemp("boosted")
+    save_bundle(d / "boosted.skops", pipeline={"xgb": models["bags-xgb"],
+                                               "lgbm": models["bags-lgbm"]},
+                meta={"cell_features": []})
+    frame.to_pickle(d / "frame.pkl")
+    return d / "boosted.skops", d / "frame.pkl"
+
+
+def _booster_node(schema, module):
+    return next(n for n in _nodes(schema) if n["__class__"] == "Booster"
+                and n["__module__"] == module)
+
+
+def _edit_xgboost(edit):
+    def fn(schema, members):
+        name = _booster_node(schema, "xgboost.core")["content"]["content"]["handle"]["file"]
+        raw = bytearray(members[name])
+        edit(raw)
+        members[name] = bytes(raw)
+    return fn
+
+
+def _edit_lightgbm(edit):
+    def fn(schema, members):
+        handle = _booster_node(schema, "lightgbm.basic")["content"]["content"]["_handle"]
+        handle["content"] = json.dumps(edit(json.loads(handle["content"])))
+    return fn
+
+
+def _typed(raw, key, nth=0):
+    """(offset of the values, struct format) of the ``nth`` typed UBJSON array under
+    ``key`` in XGBoost's bytes (tree ``nth``'s for per-tree arrays)."""
+    import struct
+
+    i = -1
+    for _ in range(nth + 1):
+        i = raw.index(key, i + 1)
+    i += len(key)
+    assert raw[i:i + 2] == b"[$" and raw[i + 3:i + 5] == b"#L"
+    fmt = {b"l": ">i", b"U": ">B", b"d": ">f"}[bytes(raw[i + 2:i + 3])]
+    return i + 13, fmt, struct.calcsize(fmt)
+
+
+def _xgb_set(key, index, value, nth=0):
+    import struct
+
+    def edit(raw):
+        off, fmt, size = _typed(raw, key, nth)
+        raw[off + size * index:off + size * (index + 1)] = struct.pack(fmt, value)
+    return edit
+
+
+def _xgb_count(raw):
+    import struct
+
+    off, _, _ = _typed(raw, b"split_indices")
+    raw[off - 8:off] = struct.pack(">q", 10**6)       # 10^6 values announced, 3 present
+
+
+def _lgbm_tree0(old, new):
+    """Tree 0 of the LightGBM text edited, its tree_sizes entry kept exact (a wrong size
+    makes LightGBM abort in a worker thread: refused too, see test_boosters.py)."""
+    import re
+
+    def edit(text):
+        start = text.index("Tree=0\n")
+        end = text.index("\n\n", start)
+        assert old in text[start:end]
+        text = text[:start] + text[start:end].replace(old, new, 1) + text[end:]
+        m = re.search(r"^tree_sizes=(\d+)", text, re.M)
+        return text[:m.start(1)] + str(int(m.group(1)) + len(new) - len(old)) + text[m.end(1):]
+    return edit
+
+
+def _first_split_feature(text):
+    import re
+
+    return re.search(r"Tree=0\n(?:.*\n)*?split_feature=(\d+)", text).group(1)
+
+
+#: route -> (edit, what the refusal says); each crashed or hung the old loader or scorer
+BOOSTER_ROUTES = {
+    # SIGSEGV inside load_bundle: XGBoost reads 4 MB past a 145 KB buffer
+    "xgboost array count": (_edit_xgboost(_xgb_count), "announces an array of 1000000"),
+    # SIGFPE inside load_bundle: LightGBM divides the tree count by it
+    "lightgbm zero trees per iteration": (
+        _edit_lightgbm(lambda t: t.replace("num_tree_per_iteration=1",
+                                           "num_tree_per_iteration=0")),
+        "num_tree_per_iteration=0"),
+    # accepted, then SIGSEGV in predict_proba
+    "xgboost cycle": (_edit_xgboost(lambda raw: (_xgb_set(b"left_children", 1, 0)(raw),
+                                                 _xgb_set(b"right_children", 1, 2)(raw))),
+                      "reaches node 0 twice"),
+    "xgboost feature out of range": (_edit_xgboost(_xgb_set(b"split_indices", 0, 10**6)),
+                                     "splits on a feature outside"),
+    # accepted, then an endless loop in predict_proba
+    "lightgbm cycle": (_edit_lightgbm(_lgbm_tree0("left_child=-1", "left_child=0")),
+                       "reaches node 0 twice"),
+    # accepted, then SIGSEGV in predict_proba
+    "lightgbm feature out of range": (
+        _edit_lightgbm(lambda t: _lgbm_tree0(f"split_feature={_first_split_feature(t)}\n",
+                                             "split_feature=1000000\n")(t)),
+        "splits on a feature outside"),
+}
+
+
+def test_genuine_booster_bundle_scores_in_the_child(boosted):
+    path, frame = boosted
+    out = _capped(path, frame)
+    assert out.splitlines()[-1] == "LOADED"
+    first, second = [line for line in out.splitlines() if line.startswith("PROBA")]
+    assert first == second
+
+
+@pytest.mark.parametrize("route", list(BOOSTER_ROUTES))
+def test_booster_bytes_that_crash_native_code_are_refused(route, boosted, tmp_path):
+    path, frame = boosted
+    edit, why = BOOSTER_ROUTES[route]
+    crafted = _edit(path, tmp_path / "crafted.skops", edit)
+    out = _capped(crafted, frame, timeout=60)   # the old scorer looped forever on a cycle
+    assert out.startswith("REFUSED") and why in out, out
+    assert out.count("\n") == 1 and str(crafted) in out
