@@ -394,12 +394,33 @@ def audit_bundle(path_or_bytes, *, where=None) -> None:
 
 def _check_loaded(obj) -> None:
     """Second look, on what skops built: every reachable object is of an allowed type (no
-    subclass), carries no dunder instance attribute, and a booster holds a parsed model."""
+    subclass), carries no dunder instance attribute, a booster holds a parsed model, and an
+    estimator holds what training can produce (:func:`pipelines.trained.check_estimator`).
+    Then every estimator gets cellfeat's own execution settings back."""
+    from .trained import NotTrained, check_estimator, reset_execution
+
+    estimators = _reachable_estimators(obj)
+    try:  # every type and booster handle is known good before any estimator is looked into
+        for o in estimators:
+            check_estimator(o)
+        for o in estimators:
+            reset_execution(o)
+    except NotTrained as exc:
+        raise _Refused(str(exc)) from None
+    except _Refused:
+        raise
+    except Exception as exc:  # an attribute malformed in a way no check foresaw
+        raise _Refused(f"it holds a model that is malformed ({type(exc).__name__})") from None
+
+
+def _reachable_estimators(obj) -> list:
+    """Every object reachable from ``obj``, checked for its exact type, dunder attributes
+    and booster handles; returns those with attributes other than boosters."""
     import ctypes
 
     import numpy as np
 
-    seen, stack = set(), [obj]
+    seen, stack, estimators = set(), [obj], []
     while stack:
         o = stack.pop()
         if id(o) in seen or o is None or type(o) in (bool, int, float, str):
@@ -441,7 +462,10 @@ def _check_loaded(obj) -> None:
                 handle = attrs.get("handle", attrs.get("_handle"))
                 if not (isinstance(handle, ctypes.c_void_p) and handle.value):
                     raise _Refused(f"its `{name}` holds no parsed model")
+            else:
+                estimators.append(o)
             stack.extend(attrs.values())
+    return estimators
 
 
 def save_bundle(path, *, pipeline, meta: dict) -> None:
@@ -450,8 +474,16 @@ def save_bundle(path, *, pipeline, meta: dict) -> None:
     would be refused by :func:`load_bundle`."""
     import skops.io as sio
 
+    from .trained import NotTrained, check_meta
+
+    meta = json.loads(json.dumps(meta, default=str))   # as load_bundle will read it
+    try:
+        check_meta(meta)
+    except NotTrained as exc:
+        raise StageError(f"{path}: not written, its {exc}; if cellfeat train now writes "
+                         f"that, add it to pipelines.trained.META") from None
     bundle = {"format": BUNDLE_FORMAT, "cellfeat_version": cellfeat.__version__,
-              "meta_json": json.dumps(meta, default=str), "pipeline": pipeline}
+              "meta_json": json.dumps(meta), "pipeline": pipeline}
     with atomic_path(path) as tmp:
         sio.dump(bundle, tmp)
         try:
@@ -502,11 +534,20 @@ def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
                          f"retrain the model with this version")
     try:
         meta = json.loads(bundle["meta_json"])
-    except (KeyError, TypeError, ValueError):
+    except Exception:  # missing, not text, or nested past the parser's recursion limit
         meta = None
     if not isinstance(meta, dict) or "pipeline" not in bundle:
         raise StageError(f"{path}: not a cellfeat model bundle (no settings or no model in "
                          f"it); retrain it")
+    from .trained import NotTrained, check_meta
+
+    try:
+        check_meta(meta)
+    except NotTrained as exc:
+        raise StageError(f"{path}: refused, its {exc}; do not use this file") from None
+    except Exception as exc:
+        raise StageError(f"{path}: refused, its meta is malformed ({type(exc).__name__}); "
+                         f"do not use this file") from None
     if feature_names is not None and list(meta.get("cell_features", [])) != list(feature_names):
         want, have = set(meta.get("cell_features", [])), set(feature_names)
         raise StageError(f"{path}: trained on a different feature set (missing here: "

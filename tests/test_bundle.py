@@ -10,7 +10,12 @@ naming the offending type, and the marker must not exist.
 import functools
 import importlib
 import json
+import math
+import os
+import re
 import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -405,10 +410,6 @@ def test_the_file_is_read_once_so_a_swap_after_the_check_changes_nothing(tmp_pat
 # process under an address-space cap, so a regression fails the test instead of killing
 # the test runner.
 
-import os
-import sys
-import textwrap
-
 GOLDEN = Path(__file__).resolve().parent / "golden" / "bundle.skops"
 REPO = Path(__file__).resolve().parents[1]
 #: Address space of the child that loads a hostile file: the imports and a genuine bundle
@@ -690,3 +691,194 @@ def test_booster_bytes_that_crash_native_code_are_refused(route, boosted, tmp_pa
     out = _capped(crafted, frame, timeout=60)   # the old scorer looped forever on a cycle
     assert out.startswith("REFUSED") and why in out, out
     assert out.count("\n") == 1 and str(crafted) in out
+
+
+# --- values no training writes: silent flips, file-chosen costs, file-chosen workers ------
+
+_fresh_ids = iter(range(10**12, 10**13))
+
+
+def _fresh_json(value):
+    """A JsonNode of ``value`` under an id of its own (skops shares one id between equal
+    small ints, so editing a shared node in place would be refused for the id alone)."""
+    return _json(value, next(_fresh_ids))
+
+
+def _state(schema, *path):
+    """The attribute dict of the estimator at ``path`` in the bundle's pipeline dict."""
+    node = schema["content"]["pipeline"]
+    for key in path:
+        node = node["content"][key] if node["__loader__"] == "DictNode" else \
+            node["content"]["content"][key]
+    return node["content"]["content"]
+
+
+def _edit_meta(schema, change):
+    node = schema["content"]["meta_json"]
+    meta = json.loads(json.loads(node["content"]))
+    change(meta)
+    node["content"] = json.dumps(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def golden_frame(tmp_path_factory):
+    """The golden fixture's scored patients as a cohort frame, pickled for the child."""
+    import pandas as pd
+
+    from cellfeat.models import cohort_frame
+
+    g = GOLDEN.parent
+    clinical = pd.read_csv(g / "clinical.csv", index_col="ID", dtype={"GENDER": "string"})
+    frame = cohort_frame(clinical, pd.read_parquet(g / "cells.parquet"),
+                         pd.read_parquet(g / "patients.parquet"))
+    path = tmp_path_factory.mktemp("golden") / "frame.pkl"
+    frame.to_pickle(path)
+    return path
+
+
+FLIPS = {
+    # every call silently flipped or shifted on the old loader, exit 0, STATUS ok
+    "threshold NaN": (lambda s: _state(s, "main").update(threshold_=_fresh_json(math.nan)),
+                      "`CalibratedDecision.threshold_` holds nan"),
+    "threshold -inf": (lambda s: _state(s, "main").update(threshold_=_fresh_json(-math.inf)),
+                       "`CalibratedDecision.threshold_` holds -inf"),
+    "triage threshold inf": (
+        lambda s: _state(s, "clinical").update(triage_threshold_=_fresh_json(math.inf)),
+        "`CalibratedDecision.triage_threshold_` holds inf"),
+    "NaN in platt": (lambda s: _state(s, "main").update(
+        platt_=_tuple([math.nan, 0.4], next(_fresh_ids))), "`CalibratedDecision.platt_`"),
+    "reference date 2060": (lambda s: _edit_meta(s, lambda m: m.update(
+        reference_date="2060-01-01")), "meta.reference_date is 2060-01-01, in the future"),
+    "300 reference variables": (lambda s: _edit_meta(s, lambda m: m["reference"][
+        "variables"].update({f"Bag_Heterogeneity_X{i}": m["reference"]["variables"]["AGE"]
+                             for i in range(300)})),
+        "meta.reference.variables has the variable 'Bag_Heterogeneity_X0'"),
+    "unknown meta key": (lambda s: _edit_meta(s, lambda m: m.update(note="hello")),
+                         "meta has the key 'note'"),
+}
+
+
+@pytest.mark.parametrize("route", list(FLIPS))
+def test_values_training_never_writes_are_refused(route, tmp_path):
+    edit, why = FLIPS[route]
+    path = _edit(GOLDEN, tmp_path / "flip.skops", lambda schema, members: edit(schema))
+    with pytest.raises(StageError, match=re.escape(why)) as err:
+        load_bundle(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def _stats_ids(schema):
+    """The id of every CellBagFeatures' ``stats`` tuple (its BagAggregator shares it)."""
+    return {n["content"]["content"]["stats"]["__id__"] for n in _nodes(schema)
+            if n["__class__"] == "CellBagFeatures"}
+
+
+def _replace_ids(tree, ids, make):
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, value in list(children):
+            if isinstance(value, dict) and value.get("__id__") in ids:
+                item[key] = make()
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+
+
+def test_stats_repeated_a_million_times_is_refused_before_scoring(golden_frame, tmp_path):
+    # 1.2 M "Mean" as an array of strings: 19 MiB that deflate to ~100 KiB; on the old
+    # loader each patient's bag table then took gigabytes at score time
+    import io as _io
+
+    def edit(schema, members):
+        buf = _io.BytesIO()
+        np.save(buf, np.array(["Mean"] * 1_200_000), allow_pickle=False)
+        members["stats.npy"] = buf.getvalue()
+        ident = next(_fresh_ids)
+        _replace_ids(schema, _stats_ids(schema), lambda: _array("stats.npy", ident))
+    path = _edit(GOLDEN, tmp_path / "stats.skops", edit, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 200_000
+    out = _capped(path, golden_frame)
+    assert out.startswith("REFUSED") and "expand" in out, out
+
+
+def test_repeated_stats_are_refused(tmp_path):
+    def edit(schema, members):
+        ident = next(_fresh_ids)
+        _replace_ids(schema, _stats_ids(schema),
+                     lambda: _tuple(["Mean", "Std"] * 30, ident))
+    path = _edit(GOLDEN, tmp_path / "stats.skops", edit)
+    with pytest.raises(StageError, match=r"`CellBagFeatures.stats` is \('Mean', 'Std'"):
+        load_bundle(path)
+
+
+def _object_nodes(schema, *classes):
+    return [n for n in _nodes(schema) if n["__loader__"] == "ObjectNode"
+            and n["__class__"] in classes and n.get("content")]
+
+
+def test_execution_settings_are_cellfeat_own_after_loading(every_candidate, tmp_path):
+    # the old loader kept what the file said: 2000 processes (FeatureUnion), 2000 threads
+    # (libgomp aborted at that many in LightGBM), a joblib cache in a folder of its choice
+    def edit(schema, members):
+        for node in _object_nodes(schema, "FeatureUnion", "LGBMClassifier", "XGBClassifier",
+                                  "LogisticRegression", "LogisticRegressionCV"):
+            node["content"]["content"]["n_jobs"] = _fresh_json(2000)
+        for node in _object_nodes(schema, "Pipeline"):
+            node["content"]["content"]["memory"] = _fresh_json(str(tmp_path / "cache"))
+        for name in members:            # XGBoost's own config: 8 threads instead of 1
+            if name.endswith(".bin"):
+                members[name] = members[name].replace(
+                    b"nthreadSL\x00\x00\x00\x00\x00\x00\x00\x011",
+                    b"nthreadSL\x00\x00\x00\x00\x00\x00\x00\x018")
+    path = _edit(every_candidate[0], tmp_path / "jobs.skops", edit)
+    models, _ = load_bundle(path)
+    seen = {}
+    stack, done = [models], set()
+    while stack:
+        o = stack.pop()
+        if id(o) in done:
+            continue
+        done.add(id(o))
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            seen.setdefault(type(o).__name__, []).append(o)
+            stack.extend(vars(o).values())
+    assert all(u.n_jobs is None for u in seen["FeatureUnion"])
+    assert all(m.n_jobs == 1 for m in seen["LGBMClassifier"] + seen["XGBClassifier"])
+    assert all(p.memory is None for p in seen["Pipeline"])
+    for m in seen["XGBClassifier"]:
+        config = json.loads(m.get_booster().save_config())
+        assert config["learner"]["generic_param"]["nthread"] == "1"
+
+
+def test_reset_changes_nothing_on_a_genuine_bundle(every_candidate):
+    """EXECUTION is what training writes: a genuine bundle, as plain skops restores it,
+    already holds exactly those settings, and no other class holds one."""
+    import skops.io as sio
+
+    from pipelines.trained import EXECUTION, EXECUTION_NAMES
+
+    path = every_candidate[0]
+    bundle = sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    stack, done = [bundle], set()
+    while stack:
+        o = stack.pop()
+        if id(o) in done:
+            continue
+        done.add(id(o))
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif hasattr(o, "__dict__") and not isinstance(o, type) and \
+                not type(o).__name__ == "Booster":
+            name = type(o).__name__
+            held = {a: getattr(o, a) for a in EXECUTION_NAMES if a in vars(o)}
+            assert set(held) <= set(EXECUTION.get(name, {})), (name, held)
+            for attr, want in EXECUTION.get(name, {}).items():
+                assert getattr(o, attr) == want, (name, attr, getattr(o, attr))
+            stack.extend(vars(o).values())
