@@ -239,6 +239,11 @@ def check_xgboost(data: bytes) -> dict:
         raise BoosterRefused("is not a binary classifier")
     if _dict(learner, "objective", "learner").get("name") != "binary:logistic":
         raise BoosterRefused("has an objective other than binary:logistic")
+    if _dict(learner, "attributes", "learner"):
+        # e.g. best_iteration, which XGBoost's wrapper would use to cut the model short;
+        # training here never stops early, so never writes one
+        raise BoosterRefused(f"has attributes {sorted(learner['attributes'])[:3]}, which "
+                             f"cellfeat's training never sets")
     booster = _dict(learner, "gradient_booster", "learner")
     if booster.get("name") != "gbtree":
         raise BoosterRefused(f"is a {booster.get('name')!r} booster, not gbtree")

@@ -18,6 +18,7 @@ from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
 from .io import StageError, write_csv
+from .outputs import check_outputs
 
 
 def _log(*a):
@@ -87,7 +88,15 @@ def stage_synthetic(args):
          f"unlabelled patients, masks under {args.out}/groundtruth)")
 
 
+def _check_outputs(args, *targets):
+    """Refuse, before anything is written, an output inside the cohort or over a file
+    cellfeat did not write (pipelines.outputs); the feature folder is always one."""
+    features = ("--features", _features_dir(args), "features")
+    check_outputs([features, *targets], cohort=args.data, force=getattr(args, "force", False))
+
+
 def stage_features(args):
+    _check_outputs(args)
     _features(args, _load(args))
 
 
@@ -116,6 +125,8 @@ def stage_train(args):
     from .report import RULE, first_screen, write_report
     from .stability import stage_hook as colour_stability
 
+    _check_outputs(args, ("--model", args.model, "bundle"),
+                   *([("--report", args.report, "report")] if args.report else []))
     cohort = _load(args)
     feat_dir = _features(args, cohort)
     frame = _cohort_frame(cohort, feat_dir)
@@ -290,6 +301,12 @@ def stage_score(args):
     from .bundle import load_bundle
     from .plots import patient_montages
 
+    out = Path(args.out)
+    _check_outputs(args, ("--features", _features_dir(args) / "scored", "features"),
+                   ("--out", out, "predictions"),
+                   ("--out", out.with_name(out.stem + "_submission.csv"), "submission"),
+                   ("--out", out.with_name(out.stem + "_report.html"), "page"),
+                   ("--out", out.with_name(out.stem + "_montages"), "montages"))
     # the model first: a refused bundle stops the run before any image is read, and it
     # says at which date the training ages were computed
     models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
@@ -318,7 +335,6 @@ def stage_score(args):
     feat_dir = _features(args, cohort, sub="scored")
     frame = _cohort_frame(cohort, feat_dir)
     pred = score_frame(models, frame)
-    out = Path(args.out)
     write_csv(out, pred, index=False, float_format="%.6f")
     # every scored patient has a row; -1 marks a patient without a call (see STATUS in OUT)
     sub = pd.DataFrame({"Id": pred["ID"], "Predicted": pred["LABEL"].fillna(-1).astype(int)})

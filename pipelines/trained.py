@@ -19,7 +19,7 @@ repeated a million times costs gigabytes per patient at score time, ``n_jobs=200
   with the kind of value training writes (``tests/test_pipelines.py`` trains and checks
   that the keys are exactly these, so a new key fails a test rather than every load).
 
-Every check raises :class:`NotTrained` with words that follow "<bundle>: refused, its".
+Every check raises :class:`NotTrained` naming the value and what training writes instead.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ MAX_TEXT = 10_000
 
 
 class NotTrained(ValueError):
-    """A value ``cellfeat train`` never writes; the message follows "refused, its"."""
+    """A value ``cellfeat train`` never writes; the message names it."""
 
 
 # --------------------------------------------------------------------------- small checks
@@ -525,7 +525,7 @@ def _m_record(spec: dict):
                 raise NotTrained(f"{where} has the key {_show(key)}, which cellfeat "
                                  f"train never writes")
             spec[key](value, f"{where}.{key}")
-    check.keys = frozenset(spec)
+    check.spec = spec
     return check
 
 
@@ -608,7 +608,9 @@ def _m_heterogeneity(v, where):
         raise NotTrained(f"{where} has features, centres and scales of other lengths")
 
 
-def _feature_settings():
+def feature_settings():
+    """The record of the feature settings train stores (built on use: it names the
+    segmentation methods and channels of :mod:`cellfeat.segment`)."""
     from cellfeat.segment import CHANNELS, METHODS
 
     return _m_record({
@@ -631,7 +633,7 @@ _INTERVAL = _m_list(_m_figure, n=2)
 META = _m_record({
     "chosen": _candidates,
     "cell_features": _m_names,
-    "feature_settings": lambda v, w: _feature_settings()(v, w),
+    "feature_settings": lambda v, w: feature_settings()(v, w),
     "reference_date": _m_past_date,
     "cv": _m_list(_m_mapping(lambda v, w: (_m_text if isinstance(v, str) else _m_figure)(v, w),
                              max_len=100), max_len=100),

@@ -285,3 +285,15 @@ def test_lightgbm_text_that_is_not_a_tree_model_is_refused(edit, lgbm_text):
     fn, why = LGBM_EDITS[edit]
     with pytest.raises(BoosterRefused, match=re.escape(why)):
         check_lightgbm(fn(lgbm_text))
+
+
+def test_xgboost_attributes_that_would_cut_the_model_short_are_refused(xgb_bytes):
+    # XGBoost's wrapper predicts with trees up to best_iteration when the booster has one;
+    # training never stops early, so a genuine booster has no attributes at all
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.__setstate__({"handle": bytearray(xgb_bytes)})
+    booster.set_attr(best_iteration="2")
+    with pytest.raises(BoosterRefused, match="has attributes"):
+        check_xgboost(bytes(booster.__getstate__()["handle"]))

@@ -832,21 +832,9 @@ def test_execution_settings_are_cellfeat_own_after_loading(every_candidate, tmp_
                     b"nthreadSL\x00\x00\x00\x00\x00\x00\x00\x011",
                     b"nthreadSL\x00\x00\x00\x00\x00\x00\x00\x018")
     path = _edit(every_candidate[0], tmp_path / "jobs.skops", edit)
-    models, _ = load_bundle(path)
     seen = {}
-    stack, done = [models], set()
-    while stack:
-        o = stack.pop()
-        if id(o) in done:
-            continue
-        done.add(id(o))
-        if isinstance(o, dict):
-            stack.extend(o.values())
-        elif isinstance(o, (list, tuple)):
-            stack.extend(o)
-        elif hasattr(o, "__dict__") and not isinstance(o, type):
-            seen.setdefault(type(o).__name__, []).append(o)
-            stack.extend(vars(o).values())
+    for o in _objects_with_attributes(load_bundle(path)[0]):
+        seen.setdefault(type(o).__name__, []).append(o)
     assert all(u.n_jobs is None for u in seen["FeatureUnion"])
     assert all(m.n_jobs == 1 for m in seen["LGBMClassifier"] + seen["XGBClassifier"])
     assert all(p.memory is None for p in seen["Pipeline"])
@@ -864,7 +852,17 @@ def test_reset_changes_nothing_on_a_genuine_bundle(every_candidate):
 
     path = every_candidate[0]
     bundle = sio.load(path, trusted=sio.get_untrusted_types(file=path))
-    stack, done = [bundle], set()
+    for o in _objects_with_attributes(bundle):
+        name = type(o).__name__
+        held = {a: getattr(o, a) for a in EXECUTION_NAMES if a in vars(o)}
+        assert set(held) <= set(EXECUTION.get(name, {})), (name, held)
+        for attr, want in EXECUTION.get(name, {}).items():
+            assert getattr(o, attr) == want, (name, attr, getattr(o, attr))
+
+
+def _objects_with_attributes(root):
+    """Every object with instance attributes reachable from ``root`` (boosters aside)."""
+    stack, done = [root], set()
     while stack:
         o = stack.pop()
         if id(o) in done:
@@ -875,10 +873,6 @@ def test_reset_changes_nothing_on_a_genuine_bundle(every_candidate):
         elif isinstance(o, (list, tuple)):
             stack.extend(o)
         elif hasattr(o, "__dict__") and not isinstance(o, type) and \
-                not type(o).__name__ == "Booster":
-            name = type(o).__name__
-            held = {a: getattr(o, a) for a in EXECUTION_NAMES if a in vars(o)}
-            assert set(held) <= set(EXECUTION.get(name, {})), (name, held)
-            for attr, want in EXECUTION.get(name, {}).items():
-                assert getattr(o, attr) == want, (name, attr, getattr(o, attr))
+                type(o).__name__ != "Booster":
+            yield o
             stack.extend(vars(o).values())
