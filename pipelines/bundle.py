@@ -30,7 +30,7 @@ from those same bytes (a file swapped on disk in between changes nothing):
 5. after loading, every object reachable from the bundle is re-checked: exact allowed
    types, no dunder instance attributes, boosters that hold a parsed model; the fitted
    attributes of cellfeat's estimators must be what training can produce and execution
-   settings are reset to cellfeat's own (:mod:`pipelines.fitted`); the meta must have
+   settings are reset to cellfeat's own (:mod:`pipelines.trained`); the meta must have
    only the keys ``cellfeat train`` writes, with values it can write.
 
 The first failure is named in a one-line refusal; an exception no check foresaw is a
