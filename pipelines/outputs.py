@@ -13,6 +13,7 @@ wrote). An earlier output is replaced, so a run can be repeated; anything else n
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -29,6 +30,10 @@ GENERATOR = '<meta name="generator" content="cellfeat">'
 FEATURE_FILES = ("cells.parquet", "patients.parquet", "qc.csv", "issues.csv", "settings.json",
                  "gallery.png", "crops", "cache", "scored")
 REPORT_FILES = ("README.md", "metrics.json", "index.html")
+#: A file being written by pipelines.io.atomic_path, and a per-patient cache entry
+#: (pipelines.tasks.patient_key) or one being written.
+_TEMPORARY = re.compile(r"\..+\.tmp\Z")
+_CACHE_ENTRY = re.compile(r"(.+-[0-9a-f]{24}\.(json|parquet|npy)|\..+\.tmp)\Z")
 
 
 def _head(path: Path, n: int = 65536) -> bytes:
@@ -56,12 +61,20 @@ def _page(path: Path) -> bool:
 
 def _feature_folder(path: Path) -> bool:
     """A folder cellfeat's features stage wrote (its settings.json, or that of the
-    ``scored`` folder inside it that scoring writes), or one holding none of the names that
-    stage writes."""
+    ``scored`` folder inside it that scoring writes), one an interrupted first run left
+    (only its cache and crops folders, the cache holding only cache entries), or one
+    holding none of the names that stage writes."""
     for settings in (path / "settings.json", path / "scored" / "settings.json"):
         if settings.is_file():
             return b'"revision"' in _head(settings) and b'"hash"' in _head(settings)
-    return not any((path / name).exists() for name in FEATURE_FILES)
+    # the temporary files of pipelines.io.atomic_path that a killed run leaves behind
+    entries = {p.name: p for p in path.iterdir() if not _TEMPORARY.match(p.name)}
+    if not set(entries) & set(FEATURE_FILES):
+        return True
+    if set(entries) <= {"cache", "crops", "scored"} and all(p.is_dir() for p in entries.values()):
+        cache = path / "cache"
+        return not cache.is_dir() or all(_CACHE_ENTRY.match(f.name) for f in cache.iterdir())
+    return False
 
 
 def _report_folder(path: Path) -> bool:

@@ -128,6 +128,10 @@ def stage_train(args):
     _check_outputs(args, ("--model", args.model, "bundle"),
                    *([("--report", args.report, "report")] if args.report else []))
     cohort = _load(args)
+    if cohort.reference_date > datetime.now().date().isoformat():   # ISO dates sort as text
+        raise StageError(f"--reference-date {cohort.reference_date} is in the future: ages "
+                         f"would be computed at a date not reached yet (and the bundle "
+                         f"would be refused)")
     feat_dir = _features(args, cohort)
     frame = _cohort_frame(cohort, feat_dir)
     lab = frame[frame["LABEL"].notna()]

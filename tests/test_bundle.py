@@ -667,6 +667,11 @@ BOOSTER_ROUTES = {
     # accepted, then an endless loop in predict_proba
     "lightgbm cycle": (_edit_lightgbm(_lgbm_tree0("left_child=-1", "left_child=0")),
                        "reaches node 0 twice"),
+    # beyond the table: tree_sizes that do not locate the trees made LightGBM throw in a
+    # worker thread, and the process abort (SIGABRT) inside load_bundle
+    "lightgbm tree sizes": (
+        _edit_lightgbm(lambda t: t.replace("tree_sizes=", "tree_sizes=1", 1)),
+        "tree_sizes that do not locate tree 0"),
     # accepted, then SIGSEGV in predict_proba
     "lightgbm feature out of range": (
         _edit_lightgbm(lambda t: _lgbm_tree0(f"split_feature={_first_split_feature(t)}\n",

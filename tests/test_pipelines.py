@@ -445,3 +445,13 @@ def test_outputs_that_are_folders_or_point_into_the_cohort_are_one_line_errors(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), err
     assert not (root / "f").exists()
+
+
+def test_train_refuses_a_future_reference_date_before_any_work(synthetic_root, tmp_path,
+                                                                capsys):
+    # the bundle would be refused at load (and save) for it: say so before the CV runs
+    assert main(["--quiet", "train", str(synthetic_root), "--features", str(tmp_path / "f"),
+                 "--model", str(tmp_path / "m.skops"), "--reference-date", "2999-01-01",
+                 "--jobs", "1"]) == 1
+    assert "in the future" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
