@@ -455,7 +455,7 @@ def _scan_patient_folders(folder: Path, csv: Path, issues: list,
         if _outside(entry, root):
             # a link out of the cohort: its files would be read, and shown in the report,
             # as this patient's
-            issues.append(("warning", "link_outside_cohort", "", str(entry),
+            issues.append(("warning", "link_outside_cohort", entry.name, str(entry),
                            "a link to a place outside the cohort folder: not read"))
             continue
         if not entry.is_dir():
