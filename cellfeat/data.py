@@ -30,11 +30,18 @@ __all__ = [
     "read_image",
     "decode_image",
     "to_rgb8",
+    "image_size",
     "ImageReadError",
+    "MAX_IMAGE_SIDE",
 ]
 
 #: File suffixes read as images (compared case-insensitively).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+
+#: Images with a longer side (pixels) are refused from their header, before any decoding:
+#: a small file can announce a huge image (a 198 KiB PNG of 8000x8000 px decodes to 192 MB
+#: and more as it is converted), and no smear crop is that large.
+MAX_IMAGE_SIDE = 2048
 
 #: Default reference date at which age is computed from the date of birth.
 DEFAULT_REFERENCE_DATE = "2020-01-01"
@@ -148,7 +155,7 @@ def age_at(dob: date, reference: str | date = DEFAULT_REFERENCE_DATE) -> float:
     return (ref - dob).days / 365.25
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Read and decode an image file into an 8-bit RGB array of shape (H, W, 3).
 
     See :func:`decode_image` for the conversions; raises :class:`ImageReadError`.
@@ -157,24 +164,49 @@ def read_image(path) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageReadError(f"unreadable: {exc.strerror or exc}") from exc
-    return decode_image(data)
+    return decode_image(data, max_side=max_side)
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of image file bytes, read from the header alone (PIL opens lazily:
+    no pixel is decoded); raises :class:`ImageReadError` for bytes PIL cannot identify."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the decompression-bomb warning: sized below
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Exception as exc:  # PIL raises many types for bytes it cannot identify
+        raise ImageReadError(f"unreadable: {type(exc).__name__}: {exc}") from None
+
+
+def decode_image(data: bytes, *, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Decode image file bytes into an 8-bit RGB array of shape (H, W, 3).
 
-    Grayscale, RGBA (alpha dropped: smears are opaque), palette, 16-bit (scaled by 1/257)
-    and CMYK images are converted; anything that cannot be converted faithfully raises
-    :class:`ImageReadError` with the reason.
+    The size is read from the header first: an image with a side above ``max_side`` is
+    refused (``rejected: image WxH larger than ... px``) before any pixel is decoded, and
+    the decoded image must have the size its header announced. Grayscale, RGBA (alpha
+    dropped: smears are opaque), palette, 16-bit (scaled by 1/257) and CMYK images are
+    converted; anything that cannot be converted faithfully raises :class:`ImageReadError`
+    with the reason.
     """
     import cv2
 
     if not data:
         raise ImageReadError("unreadable: empty file")
+    width, height = image_size(data)
+    if max(width, height) > max_side:
+        raise ImageReadError(f"rejected: image {width}x{height} larger than {max_side} px")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        return _decode_with_pil(data)
-    return to_rgb8(img, bgr=True)
+    img = _decode_with_pil(data) if img is None else to_rgb8(img, bgr=True)
+    if img.shape[:2] != (height, width):
+        raise ImageReadError(f"unreadable: decoded as {img.shape[1]}x{img.shape[0]}, its "
+                             f"header says {width}x{height}")
+    return img
 
 
 def _decode_with_pil(data: bytes) -> np.ndarray:
@@ -272,7 +304,7 @@ def load_cohort(root, *, reference_date: str = DEFAULT_REFERENCE_DATE) -> Cohort
     for folder, csv, split in splits:
         table = _read_clinical_csv(csv, reference_date, issues)
         table["SPLIT"] = split
-        folder_images = _scan_patient_folders(folder, csv, issues)
+        folder_images = _scan_patient_folders(folder, csv, issues, root)
         for pid in table.index:
             if pid not in folder_images:
                 issues.append(("warning", "row_without_folder", pid, str(folder / pid),
@@ -407,10 +439,24 @@ def _parse_count(value: str, where: str, pid: str, issues: list) -> float:
     return count
 
 
-def _scan_patient_folders(folder: Path, csv: Path, issues: list) -> dict[str, list[Path]]:
+def _outside(path: Path, root: Path) -> bool:
+    """True when ``path`` (a link, or inside a linked folder) leads outside the cohort
+    folder ``root`` (resolved)."""
+    return not path.resolve().is_relative_to(root)
+
+
+def _scan_patient_folders(folder: Path, csv: Path, issues: list,
+                          root: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
+    root = root.resolve()
     for entry in sorted(folder.iterdir()):
         if entry == csv:
+            continue
+        if _outside(entry, root):
+            # a link out of the cohort: its files would be read, and shown in the report,
+            # as this patient's
+            issues.append(("warning", "link_outside_cohort", entry.name, str(entry),
+                           "a link to a place outside the cohort folder: not read"))
             continue
         if not entry.is_dir():
             issues.append(("info", "ignored_file", "", str(entry), "not a patient folder"))
@@ -424,6 +470,10 @@ def _scan_patient_folders(folder: Path, csv: Path, issues: list) -> dict[str, li
             continue
         imgs = []
         for f in sorted(entry.iterdir()):
+            if _outside(f, root):
+                issues.append(("warning", "link_outside_cohort", entry.name, str(f),
+                               "a link to a file outside the cohort folder: not read"))
+                continue
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("._"):
                 imgs.append(f)
             else:

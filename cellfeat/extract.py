@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .data import ImageReadError, read_image
+from .data import MAX_IMAGE_SIDE, ImageReadError, read_image
 from .features import FEATURE_NAMES, MIN_REGION_PIXELS, REGISTRY, compute_features
 from .segment import CHANNELS, METHODS, STATUSES, segment_nucleus
 
@@ -23,8 +23,9 @@ __all__ = ["CellFeatureExtractor", "measure_image", "failed_row", "nan_reason", 
 QC_COLUMN = "QC_STATUS"
 #: Why features are NaN: the failure's explanation, or which objects were too small.
 DETAIL_COLUMN = "QC_DETAIL"
-#: Images outside these sides (pixels) are rejected rather than processed or rescaled.
-MIN_SIDE, MAX_SIDE = 32, 2048
+#: Images outside these sides (pixels) are rejected rather than processed or rescaled (the
+#: largest already when decoding, from the header: :data:`cellfeat.data.MAX_IMAGE_SIDE`).
+MIN_SIDE, MAX_SIDE = 32, MAX_IMAGE_SIDE
 
 
 def measure_image(image: np.ndarray, *, method: str = "otsu", channel: str = "stain",

@@ -225,3 +225,50 @@ def test_read_image_palette_and_cmyk(tmp_path):
     back = read_image(tmp_path / "c.jpg")
     assert back.shape == (20, 30, 3)
     assert np.abs(back[5, 5].astype(int) - [200, 30, 40]).max() < 30  # lossy, but faithful
+
+
+# --- issue 20: links out of the cohort, images that announce a huge size -----------------
+
+def test_links_out_of_the_cohort_are_not_read_and_are_reported(tmp_path):
+    # the outside files used to be read, and shown in the report, as the patient's
+    outside = tmp_path / "elsewhere"
+    (outside / "P9").mkdir(parents=True)
+    (outside / "secret.jpg").write_bytes(b"x")
+    (outside / "P9" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "cohort").mkdir()
+    root = make_flat(tmp_path / "cohort", HEADER + "P1,1,M,1/1/1950,10\nP9,0,F,1/1/1960,5\n",
+                     {"P1": ["a.jpg", "b.jpg"]})
+    (root / "P1" / "secret.jpg").symlink_to(outside / "secret.jpg")
+    (root / "P1" / "twin.jpg").symlink_to(root / "P1" / "a.jpg")    # inside: fine
+    (root / "P9").symlink_to(outside / "P9", target_is_directory=True)
+    cohort = load_cohort(root)
+    assert [p.name for p in cohort.images["P1"]] == ["a.jpg", "b.jpg", "twin.jpg"]
+    assert cohort.images["P9"] == []
+    links = cohort.issues[cohort.issues["kind"] == "link_outside_cohort"]
+    assert sorted(Path(p).name for p in links["path"]) == ["P9", "secret.jpg"]
+    assert (links["level"] == "warning").all()
+
+
+def _png_of_size(width, height) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.zeros((height, width, 3), np.uint8),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok
+    return buf.tobytes()
+
+
+def test_image_too_large_is_refused_from_its_header_without_decoding(monkeypatch):
+    import cv2
+
+    from cellfeat.data import MAX_IMAGE_SIDE, decode_image, image_size
+
+    big = _png_of_size(MAX_IMAGE_SIDE + 1, 40)
+    assert image_size(big) == (MAX_IMAGE_SIDE + 1, 40)
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded")
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(ImageReadError, match=f"rejected: image {MAX_IMAGE_SIDE + 1}x40 larger "
+                                             f"than {MAX_IMAGE_SIDE} px"):
+        decode_image(big)

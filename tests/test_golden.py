@@ -1,9 +1,11 @@
 """The golden fixture: a stored genuine bundle scores its stored patients to the same PROBA,
-bit for bit (issue 23: moving modules must not change a call).
+bit for bit (issue 23: moving modules must not change a call; since then, no change may
+alter what an existing bundle says unless it regenerates the fixture and says why).
 
 ``tests/golden/`` holds a bundle written by ``cellfeat train`` on a synthetic cohort, the
 scored patients' clinical and cell tables, and what that bundle made of them when the
-fixture was written (``make_golden.py``, first run on commit 45f3e90, before the move).
+fixture was written (``make_golden.py``, first run on commit 45f3e90, before the move; see
+its docstring for when it was made again).
 The expected values are stored as float hex, so equality here is exact.
 """
 

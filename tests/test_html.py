@@ -399,3 +399,51 @@ def test_score_page_says_which_evidence_decided_and_flags_training_patients(scor
     assert "1 of these patients were training patients of this model" in html
     assert html.count("What decided:") == len(frame)
     assert f"count ≤ {limit:.1f}" in html
+
+
+# --------------------------------------------------------------------------- script policy
+
+#: What a bug that let page text through unescaped could inject: an inline script and an
+#: event handler (on an image whose data fails to decode, so its error event fires). Each
+#: writes a marker assembled at run time, so the marker is in the DOM only if it ran.
+INJECTED = ('<script>document.body.insertAdjacentHTML("beforeend", "<p>" + "SCRIPT" + "RAN</p>")'
+            '</script><img src="data:image/png;base64,AAAA" onerror="document.body.'
+            'insertAdjacentHTML(\'beforeend\', \'<p>\' + \'HANDLER\' + \'RAN</p>\')">')
+
+
+def _csp(html: str) -> str:
+    return re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', html).group(1)
+
+
+def test_pages_allow_only_their_own_script_by_hash(scored, train_page):
+    import base64
+    import hashlib
+
+    from pipelines.report.html import PAGE_SCRIPTS, TEMPLATES
+
+    score = scored["page"].read_text(encoding="utf-8")
+    js = (TEMPLATES / PAGE_SCRIPTS["score.html.j2"]).read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in _csp(score) and f"<script>{js}</script>" in score
+    assert "script-src 'none'" in _csp(train_page.read_text(encoding="utf-8"))
+    for html in (score, train_page.read_text(encoding="utf-8")):
+        assert "unsafe-inline" not in _csp(html).split("script-src")[1]
+
+
+@needs_chromium
+def test_injected_script_and_handler_do_not_run_in_chromium(scored, train_page, tmp_path):
+    for page in (scored["page"], train_page):
+        html = page.read_text(encoding="utf-8")
+        injected = html.replace("<body>", "<body>" + INJECTED, 1)
+        # control: under the old policy (script-src 'unsafe-inline') both run, so the
+        # marker check below can fail
+        old = injected.replace(_csp(html), _csp(html).split("; script-src")[0]
+                               + "; script-src 'unsafe-inline'")
+        for name, text, ran in (("injected", injected, False), ("old", old, True)):
+            path = tmp_path / f"{name}_{page.name}"
+            path.write_text(text, encoding="utf-8")
+            seen = "".join(dom_of(path, tmp_path).text)
+            assert ("SCRIPTRAN" in seen) is ran and ("HANDLERRAN" in seen) is ran, (page, name)
+    # the scoring page's own script still runs: it marks every summary heading sortable
+    dom = chromium(scored["page"], tmp_path, "--dump-dom", "--virtual-time-budget=3000").stdout
+    assert dom.count('style="cursor: pointer;"') == 7  # one per summary column

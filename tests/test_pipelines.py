@@ -271,7 +271,7 @@ def test_bundle_with_untrusted_type_is_refused(tmp_path):
 
 
 def test_bundle_from_other_version_is_refused(trained, monkeypatch):
-    import pipelines.bundle as bundle
+    import pipelines.bundle.files as bundle
     from pipelines.io import StageError
 
     monkeypatch.setattr(bundle.cellfeat, "__version__", "9.0.0")
@@ -389,3 +389,95 @@ def test_score_warns_when_dobs_are_past_the_reference_date(altered, trained, tmp
     assert "1 patient(s) born after 2020-01-01" in err and df.loc[0, "ID"] in err
     pred = pd.read_csv(tmp_path / "p.csv").set_index("ID")
     assert pred.loc[df.loc[0, "ID"], "STATUS"] == "image only: missing AGE"
+
+
+# --- issue 20: what train writes is what a bundle may hold; hostile and ordinary inputs ---
+
+def test_meta_keys_are_exactly_what_train_writes(trained):
+    # derived, not listed by hand: a key train starts writing fails here (and in
+    # save_bundle) instead of being refused by every later load
+    from pipelines.bundle import load_bundle
+    from pipelines.bundle.trained import META, feature_settings, reference_variables
+
+    _, meta = load_bundle(trained / "m.skops")
+    assert set(meta) == set(META.spec)
+    for key, spec in META.spec.items():
+        if hasattr(spec, "spec"):
+            assert set(meta[key]) == set(spec.spec), key
+    assert set(meta["decision"]["fallback_thresholds"]) == \
+        set(META.spec["decision"].spec["fallback_thresholds"].spec)
+    assert set(meta["feature_settings"]) == set(feature_settings().spec)
+    assert set(meta["reference"]["variables"]) == reference_variables()
+
+
+def test_blank_gender_goes_through_the_whole_run(altered, trained, tmp_path):
+    # ordinary data: the report used to crash on pd.NA (exit 3, CSV written, no report)
+    def blank(df):
+        df.loc[0, "GENDER"] = ""
+        df.loc[1, "GENDER"] = "X"
+    root, df = altered(blank)
+    assert _score(root, trained, tmp_path / "p.csv") == 0
+    pred = pd.read_csv(tmp_path / "p.csv").set_index("ID")
+    assert pred.loc[df.loc[0, "ID"], "STATUS"] == "ok: gender unknown, imputed"
+    html = (tmp_path / "p_report.html").read_text(encoding="utf-8")
+    assert html.count("sex unknown") == 2
+
+
+def test_prediction_header_is_what_score_writes(synthetic_root, trained, tmp_path):
+    from pipelines.run.outputs import PREDICTION_HEADER, SUBMISSION_HEADER
+
+    assert _score(synthetic_root, trained, tmp_path / "p.csv") == 0
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == PREDICTION_HEADER
+    assert (tmp_path / "p_submission.csv").read_text().splitlines()[0] == SUBMISSION_HEADER
+    # its own earlier outputs are replaced: a run can be repeated
+    assert _score(synthetic_root, trained, tmp_path / "p.csv") == 0
+
+
+@pytest.mark.parametrize("where", ["clinical csv", "other file", "inside the cohort"])
+def test_score_never_overwrites_what_it_did_not_write(where, altered, trained, tmp_path,
+                                                       capsys):
+    root, _ = altered(lambda df: None)
+    target = {"clinical csv": root / "testset" / "testset_data.csv",
+              "other file": tmp_path / "notes.csv",
+              "inside the cohort": root / "predictions.csv"}[where]
+    if where == "other file":
+        target.write_text("my own notes\n")
+    before = target.read_bytes() if target.exists() else None
+    capsys.readouterr()
+    assert _score(root, trained, target, "--features", str(tmp_path / "f")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and "--force" in err[0], err
+    assert (target.read_bytes() if target.exists() else None) == before
+    if where == "other file":       # asked for, it is replaced
+        assert _score(root, trained, target, "--force", "--features", str(tmp_path / "f")) == 0
+        assert target.read_text().startswith("ID,LABEL")
+
+
+def test_outputs_that_are_folders_or_point_into_the_cohort_are_one_line_errors(
+        altered, trained, tmp_path, capsys):
+    root, _ = altered(lambda df: None)
+    (tmp_path / "somewhere").mkdir()
+    cases = [["score", "--out", str(tmp_path / "somewhere")],        # a folder for a file
+             ["score", "--out", str(tmp_path / "p.csv"), "--features", str(root / "f")],
+             ["train", "--model", str(tmp_path / "somewhere")]]
+    for stage, *opts in cases:
+        argv = ["--quiet", stage, str(root), "--jobs", "1"]
+        if "--features" not in opts:
+            argv += ["--features", str(tmp_path / "f")]
+        if stage == "score":
+            argv += ["--model", str(trained / "m.skops")]
+        capsys.readouterr()
+        assert main(argv + opts) == 1, opts
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not (root / "f").exists()
+
+
+def test_train_refuses_a_future_reference_date_before_any_work(synthetic_root, tmp_path,
+                                                                capsys):
+    # the bundle would be refused at load (and save) for it: say so before the CV runs
+    assert main(["--quiet", "train", str(synthetic_root), "--features", str(tmp_path / "f"),
+                 "--model", str(tmp_path / "m.skops"), "--reference-date", "2999-01-01",
+                 "--jobs", "1"]) == 1
+    assert "in the future" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()

@@ -1,6 +1,7 @@
 """pipelines.run.tasks: one patient's task gives the library's numbers (the imports of the
 whole house are checked in tests/test_layout.py)."""
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from cellfeat.data import decode_image
 from cellfeat.heterogeneity import PIXEL_SCORE, pixel_dispersion, pixel_dispersion_naive
 from pipelines.run.tasks import FeatureSettings, compute_patient
+
+ROOT = Path(__file__).resolve().parents[1]
 
 def test_patient_pixel_dispersion_is_the_library_function(synthetic_root):
     import cv2
@@ -35,3 +38,38 @@ def test_patient_pixel_dispersion_is_the_library_function(synthetic_root):
 def test_patient_without_decodable_image_has_no_pixel_score():
     _, meta, _ = compute_patient("P", ["a.jpg"], [b"junk"], FeatureSettings())
     assert meta[PIXEL_SCORE] is None and meta["N_PIXEL_IMAGES"] == 0
+
+
+def test_an_image_announcing_8000_px_costs_no_memory(synthetic_root, tmp_path):
+    # a 198 KiB PNG of 8000x8000 px: decoded, converted and summed as pixels it took 4.4 GB
+    # at peak; now it is refused from its header. Run under an address-space cap, so a
+    # regression fails here instead of exhausting the test machine.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+
+    ok, big = cv2.imencode(".png", np.zeros((8000, 8000, 3), np.uint8),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    (tmp_path / "big.png").write_bytes(big.tobytes())
+    small = sorted(sorted((synthetic_root / "trainset").glob("P*"))[0].glob("*.jpg"))[0]
+    cap = 5 << 29     # the imports take about 1 GiB of address space; the old path needed 4.4 GB
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))\n"
+            "import sys\nfrom pathlib import Path\n"
+            "from pipelines.run.tasks import FeatureSettings, compute_patient\n"
+            "files = [Path(f) for f in sys.argv[1:]]\n"
+            "cells, meta, _ = compute_patient('P', [f.name for f in files],\n"
+            "                                 [f.read_bytes() for f in files], FeatureSettings())\n"
+            "import json\n"
+            "print(json.dumps([cells['QC_STATUS'].tolist(), meta['N_PIXEL_IMAGES']]))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.png"), str(small)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(big) < 300_000
+    statuses, n_pixel = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert statuses[0] == "rejected: image 8000x8000 larger than 2048 px"
+    assert n_pixel == 1        # only the ordinary image entered the pixel sums

@@ -6,7 +6,7 @@ against the decision threshold, triage, status), then one section per patient sa
 score, heterogeneity against each class's range) and showing the cells that move the call
 most. Every figure is inline (SVG or JPEG data URIs): the file travels alone and fetches
 nothing. Text reaches the page only through autoescaped Jinja2 templates
-(``pipelines/templates``), because patient IDs, file names and clinical values are
+(``pipelines/report/templates``), because patient IDs, file names and clinical values are
 untrusted input. Numbers are computed here; the templates only lay them out.
 """
 
@@ -48,9 +48,28 @@ def _env():
     return env
 
 
+#: The one script each page may run (a file of ``pipelines/report/templates``), allowed by its
+#: SHA-256 in the page's Content-Security-Policy: any other inline script, or an event
+#: handler such as ``onerror=``, that ever got into a page would not run.
+PAGE_SCRIPTS = {"score.html.j2": "sort_table.js"}
+
+
 def render(template: str, **context) -> str:
-    """Render one of ``pipelines/templates`` with autoescaping on."""
-    return _env().get_template(template).render(**context)
+    """Render one of ``pipelines/report/templates`` with autoescaping on, its own script inline
+    (``page_script``) and that script's hash as the only script the CSP allows."""
+    import hashlib
+
+    from markupsafe import Markup
+
+    script = PAGE_SCRIPTS.get(template)
+    if script is None:
+        js, allowed = "", "'none'"
+    else:
+        js = (TEMPLATES / script).read_text(encoding="utf-8")
+        digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+        allowed = f"'sha256-{digest}'"
+    return _env().get_template(template).render(**context, page_script=Markup(js),
+                                                 csp_script=Markup(allowed))
 
 
 def _missing(x) -> bool:
@@ -639,6 +658,8 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         if model is not None and route not in ("clinical", "none"):
             tiles, ranking_note = _ranked_tiles(model, X1, mine, files_of[pid], call, method, k)
         n_found, n_used = int(r["N_CELLS"]), int(r["N_CELLS_USED"])
+        gender = X1["GENDER"].iloc[0]   # pd.NA when blank or unknown: its truth value raises
+        gender = None if _missing(gender) else str(gender)
         p_text, thr_text = _pair(proba, thr)
         zone = str(r["ZONE"]) if "ZONE" in r and isinstance(r["ZONE"], str) else ""
         summary.append({"id": pid, "anchor": f"p{len(summary)}", "call": call, "proba": proba,
@@ -649,7 +670,7 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
                         "evidence": evidence_text(route, zone, X1["LYMPH_COUNT"].iloc[0],
                                                   zone_meta.get("limit"))})
         patients.append({**summary[-1], "model": route, "age": X1["AGE"].iloc[0],
-                         "count": X1["LYMPH_COUNT"].iloc[0], "gender": X1["GENDER"].iloc[0],
+                         "count": X1["LYMPH_COUNT"].iloc[0], "gender": gender,
                          "clinical_fig": distribution_figure(clin), "het_fig": het_fig,
                          "het_missing": not het_names, "contrib": contrib, "tiles": tiles,
                          "ranking_note": ranking_note, "unusable": unusable})

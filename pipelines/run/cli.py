@@ -67,6 +67,9 @@ def _features_args(p, required=False):
     p.add_argument("--dask-mode", choices=("shared", "bytes"), default="shared",
                    help="shared: workers read images and the cache at the same paths; bytes: "
                    "the client reads images and ships them (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="write even inside the cohort folder or over files cellfeat did not "
+                   "write (by default an output path is refused in both cases)")
 
 
 def build_parser() -> argparse.ArgumentParser:

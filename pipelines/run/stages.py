@@ -18,6 +18,7 @@ from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
 from ..io import StageError, write_csv
+from .outputs import check_outputs
 
 
 def _log(*a):
@@ -87,7 +88,15 @@ def stage_synthetic(args):
          f"unlabelled patients, masks under {args.out}/groundtruth)")
 
 
+def _check_outputs(args, *targets):
+    """Refuse, before anything is written, an output inside the cohort or over a file
+    cellfeat did not write (pipelines.run.outputs); the feature folder is always one."""
+    features = ("--features", _features_dir(args), "features")
+    check_outputs([features, *targets], cohort=args.data, force=getattr(args, "force", False))
+
+
 def stage_features(args):
+    _check_outputs(args)
     feature_stage(args, _load(args))
 
 
@@ -123,7 +132,13 @@ def stage_train(args):
     from ..report.markdown import RULE, first_screen, write_report
     from .stability import stage_hook as colour_stability
 
+    _check_outputs(args, ("--model", args.model, "bundle"),
+                   *([("--report", args.report, "report")] if args.report else []))
     cohort = _load(args)
+    if cohort.reference_date > datetime.now().date().isoformat():   # ISO dates sort as text
+        raise StageError(f"--reference-date {cohort.reference_date} is in the future: ages "
+                         f"would be computed at a date not reached yet (and the bundle "
+                         f"would be refused)")
     feat_dir = feature_stage(args, cohort)
     frame = load_frame(cohort, feat_dir)
     lab = frame[frame["LABEL"].notna()]
@@ -211,7 +226,7 @@ def stage_train(args):
                       "nested_choices": pd.Series(res.chosen).value_counts().to_dict()},
         "nested": {k: float(summary.loc["nested", k]) for k in summary.columns},
         "zone": zone,
-        "images_vs_clinical": {k: gain[k] for k in ("delta", "ci95", "p_not_better")} | gain_auc,
+        "images_vs_clinical": {k: gain[k] for k in ("delta", "ci95")} | gain_auc,
         "triage": {**res.triage_summary("nested"), "threshold": final.triage_threshold_},
         "decision": {"threshold": final.threshold_, "triage_threshold": final.triage_threshold_,
                      "target_sensitivity": target, "platt": list(final.platt_),
@@ -304,6 +319,12 @@ def stage_score(args):
     from ..bundle import load_bundle
     from ..report.plots import patient_montages
 
+    out = Path(args.out)
+    _check_outputs(args, ("--features", _features_dir(args) / "scored", "features"),
+                   ("--out", out, "predictions"),
+                   ("--out", out.with_name(out.stem + "_submission.csv"), "submission"),
+                   ("--out", out.with_name(out.stem + "_report.html"), "page"),
+                   ("--out", out.with_name(out.stem + "_montages"), "montages"))
     # the model first: a refused bundle stops the run before any image is read, and it
     # says at which date the training ages were computed
     models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
@@ -340,7 +361,6 @@ def stage_score(args):
              f"model: their calls are in-sample (the model has seen their labels), not an "
              f"estimate of how it does on new patients; the training report's nested-CV "
              f"figures are that estimate")
-    out = Path(args.out)
     write_csv(out, pred, index=False, float_format=f"%.{DECIMALS}f")  # as compared
     # every scored patient has a row; -1 marks a patient without a call (see STATUS in OUT)
     sub = pd.DataFrame({"Id": pred["ID"], "Predicted": pred["LABEL"].fillna(-1).astype(int)})

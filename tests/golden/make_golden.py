@@ -6,8 +6,11 @@ every route (main, image-only, clinical-only) and the explainer's cell scores, s
 exact float hex so that "the same" means bit for bit.
 
 It was first made on commit 45f3e90, before ``pipelines/`` and ``cellfeat/models.py`` were
-split (issue 23), so the test proves that the move changed no call. Regenerate it only when
-a change is *meant* to change predictions, and say so in the commit:
+split (issue 23), and the moved code scored it bit for bit (commits d54a500 to 8e8f64d).
+It was made again after issues 19 and 20 changed what a bundle holds (repeated inner folds,
+the overlap zone in the meta, meta keys checked against what train writes). Regenerate it
+only when a change is *meant* to change predictions or the bundle, and say so in the
+commit:
 
     python tests/golden/make_golden.py
 """
@@ -29,10 +32,7 @@ HERE = Path(__file__).resolve().parent
 def _score(models, clinical, cells, patients):
     from cellfeat.models import cohort_frame
 
-    try:
-        from pipelines.run.stages import score_frame
-    except ImportError:  # before the move of issue 23
-        from pipelines.stages import score_frame
+    from pipelines.run.stages import score_frame
     frame = cohort_frame(clinical, cells, patients)
     pred = score_frame(models, frame)
     scores = models["explainer"].cell_scores(frame)
@@ -47,14 +47,8 @@ def main() -> int:
     from cellfeat.data import load_cohort
     from cellfeat.synthetic import write_cohort
 
-    try:
-        from pipelines.run.cli import main as cli
-    except ImportError:
-        from pipelines.cli import main as cli
-    try:
-        from pipelines.bundle import load_bundle
-    except ImportError:
-        raise
+    from pipelines.bundle import load_bundle
+    from pipelines.run.cli import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

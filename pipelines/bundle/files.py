@@ -1,4 +1,4 @@
-"""Model bundles: one skops file holding the fitted pipeline and everything needed to trust it.
+"""The skops file of a model bundle: read once, audited, loaded, re-checked; and written.
 
 A model file travels by e-mail and shared drives, so loading it must never run code. skops
 never unpickles, but it does call what a file names: a constructor-from-reduce node calls its
@@ -8,7 +8,8 @@ file is read once into memory and checked before skops builds anything, then sko
 from those same bytes (a file swapped on disk in between changes nothing):
 
 1. the zip: no member twice, members and their total under fixed caps (a real bundle of
-   120 patients is under 1 MiB), ``schema.json`` without duplicate keys;
+   120 patients is under 1 MiB) and under :data:`MAX_EXPANSION` times the file's own size,
+   ``schema.json`` without duplicate keys, nested at most :data:`MAX_DEPTH` deep;
 2. every node of ``schema.json`` (every JSON object with a ``__loader__``, wherever it sits):
    its loader and type must be a pair of :data:`TYPES_BY_LOADER`, an exact list of what the
    bundles cellfeat writes contain (``tests/test_bundle.py`` trains every candidate and
@@ -17,22 +18,31 @@ from those same bytes (a file swapped on disk in between changes nothing):
    constructor-from-reduce) are not on it. No prefix is trusted;
 3. the shape of what skops will build: an object's state is a plain dict of identifier
    names, none of them a ``__dunder__`` (NumPy and Python look those up on the instance, e.g.
-   ``__array_interface__`` would give an array over memory the file picks); a repeated
-   ``__id__`` repeats the identical node; no bare references, no cached nodes (skops writes
-   neither), so loading stays linear in the file's size;
-4. after loading, every object reachable from the bundle is re-checked: exact allowed
-   types, no dunder instance attributes, boosters that hold a parsed model.
+   ``__array_interface__`` would give an array over memory the file picks); an ``__id__`` is
+   a positive integer (skops never memoises 0, so nodes under it are built again each
+   time) and a repeated one repeats the identical node, compared by a digest computed
+   bottom-up over the node and the bytes of its array files; no bare references, no cached
+   nodes (skops writes neither); every array occurrence counts against the read cap, and
+   an array file's header describes exactly the bytes it holds. So what loading allocates
+   is bounded by the file's size times a small constant, and the walk is never recursive;
+4. the bytes of every XGBoost and LightGBM booster are parsed in Python
+   (:mod:`pipelines.bundle.boosters`) before their native parsers see them;
+5. after loading, every object reachable from the bundle is re-checked: exact allowed
+   types, no dunder instance attributes, boosters that hold a parsed model; the fitted
+   attributes of cellfeat's estimators must be what training can produce and execution
+   settings are reset to cellfeat's own (:mod:`pipelines.bundle.trained`); the meta must have
+   only the keys ``cellfeat train`` writes, with values it can write.
 
-The first failure is named in a one-line refusal. ``save_bundle`` runs the same check on
-what it has just written, so a training run that would produce an unloadable bundle fails
-at once, naming the new type. A bundle made for another feature set or by an incompatible
-version is refused with a message saying what differs; a truncated file is refused cleanly.
-Out of reach of these checks: bugs in the native parsers of XGBoost and LightGBM models
-(the bytes of a booster are theirs to parse).
+The first failure is named in a one-line refusal; an exception no check foresaw is a
+refusal too, never a crash. ``save_bundle`` runs the same check on what it has just
+written, so a training run that would produce an unloadable bundle fails at once, naming
+the new type. A bundle made for another feature set or by an incompatible version is
+refused with a message saying what differs; a truncated file is refused cleanly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -41,7 +51,7 @@ from pathlib import Path
 
 import cellfeat
 
-from .io import StageError, atomic_path
+from ..io import StageError, atomic_path
 
 BUNDLE_FORMAT = 1
 MAX_SCHEMA_BYTES = 64 << 20    # a real bundle's schema is a few hundred KiB
@@ -52,6 +62,13 @@ MAX_MEMBER_BYTES = 128 << 20    # one array file
 MAX_READ_BYTES = 128 << 20      # all array files together, as skops will read them
 MAX_BYTEARRAY_BYTES = 16 << 20  # all byte arrays: skops expands them ~9x (lists of ints)
 MAX_NODES = 2_000_000
+# Everything loading allocates is bounded by the file's size times a small constant: its
+# members may expand to MAX_EXPANSION times the file (skops stores them uncompressed, so a
+# genuine bundle expands by 1; the floor lets tiny hand-made files through) and the arrays
+# skops reads, every occurrence counted, stay within the same budget.
+MAX_EXPANSION = 16
+MIN_BUDGET = 1 << 20
+MAX_DEPTH = 128                 # JSON nesting; a bundle of every candidate nests 46 deep
 
 #: Classes restored from their attributes (skops ObjectNode: ``__new__``, then the class's
 #: own ``__setstate__`` or a ``__dict__`` update).
@@ -74,14 +91,6 @@ ESTIMATOR_TYPES = frozenset({
     "lightgbm.sklearn.LGBMClassifier", "lightgbm.basic.Booster",
 })
 
-#: The same classes under the names that bundles written before ``cellfeat.models`` was split
-#: into modules (issue 23; commit 45f3e90 and earlier) give them. Each resolves, through the
-#: ``cellfeat.models`` package face, to the very class listed above, so accepting the name
-#: admits no new code; ``tests/test_golden.py`` loads such a bundle.
-MOVED_TYPES = frozenset(f"cellfeat.models.{name}" for name in (
-    "ClinicalFeatures", "CellBagFeatures", "MILFeatures", "BalancedXGBClassifier",
-    "GatedMixture", "CalibratedDecision", "ClinicalLogReg", "ImageLogit"))
-
 #: skops loader -> the exact ``module.Class`` names it may carry in a cellfeat bundle.
 TYPES_BY_LOADER = {
     "DictNode": frozenset({"builtins.dict"}),
@@ -94,7 +103,7 @@ TYPES_BY_LOADER = {
     "DTypeNode": frozenset({"numpy.dtype"}),
     "TypeNode": frozenset({"builtins.str", "builtins.float", "collections.OrderedDict",
                            "numpy.int64"}),
-    "ObjectNode": ESTIMATOR_TYPES | MOVED_TYPES,
+    "ObjectNode": ESTIMATOR_TYPES,
 }
 
 #: Every type a cellfeat bundle may hold, whatever the loader.
@@ -107,16 +116,21 @@ class _Refused(Exception):
     """What is wrong with a bundle, in words that follow "<path>: refused, ..."."""
 
 
+def _containers(tree):
+    """Every JSON object and array of a parsed ``schema.json`` with its depth, in file order
+    (depth first, parents before children), walked without recursion."""
+    stack = [(tree, 1)]
+    while stack:
+        item, depth = stack.pop()
+        yield item, depth
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in reversed(list(children))
+                     if isinstance(v, (dict, list)))
+
+
 def _objects(tree):
     """Every JSON object of a parsed ``schema.json``, depth first, in file order."""
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            yield item
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
+    return (item for item, _ in _containers(tree) if isinstance(item, dict))
 
 
 def _nodes(tree):
@@ -132,14 +146,48 @@ def _unique_keys(pairs):
     return dict(pairs)
 
 
-def _without_ids(x):
-    """A node without its ids and array file names: what a repeated ``__id__`` repeats
-    (skops writes fresh ones for the throw-away array inside a repeated dtype node)."""
-    if isinstance(x, dict):
-        return {k: _without_ids(v) for k, v in x.items() if k not in ("__id__", "file")}
-    if isinstance(x, list):
-        return [_without_ids(v) for v in x]
-    return x
+def _feed(h, value) -> None:
+    """Add one JSON scalar to a hash, tagged and length-prefixed so no two values collide."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+        h.update(b"s%d:" % len(raw))
+        h.update(raw)
+    else:  # int, float, bool, None: their repr is short and exact
+        raw = repr(value).encode()
+        h.update(b"%s%d:" % (type(value).__name__.encode(), len(raw)))
+        h.update(raw)
+
+
+def _digests(containers, member_digest) -> dict[int, bytes]:
+    """A 16-byte digest of every container (by ``id``), computed children first: what a
+    repeated ``__id__`` must repeat. Ids are left out (skops writes fresh ones for the
+    throw-away array inside a repeated dtype node) and an array file is hashed by its
+    bytes, not its name, so one id can never stand for a small and a large array."""
+    out: dict[int, bytes] = {}
+    for item in reversed(containers):
+        h = hashlib.blake2b(digest_size=16)
+        if isinstance(item, dict):
+            h.update(b"{")
+            for key in sorted(item):
+                if key == "__id__":
+                    continue
+                _feed(h, key)
+                value = item[key]
+                if key == "file" and isinstance(value, str):
+                    h.update(b"F" + member_digest(value))
+                elif isinstance(value, (dict, list)):
+                    h.update(b"C" + out[id(value)])
+                else:
+                    _feed(h, value)
+        else:
+            h.update(b"[")
+            for value in item:
+                if isinstance(value, (dict, list)):
+                    h.update(b"C" + out[id(value)])
+                else:
+                    _feed(h, value)
+        out[id(item)] = h.digest()
+    return out
 
 
 def _check_node(node: dict) -> None:
@@ -153,29 +201,94 @@ def _check_node(node: dict) -> None:
                        f"cellfeat bundle")
     content = node.get("content")
     if loader == "ObjectNode" and content is not None:
-        if not (isinstance(content, dict) and content.get("__loader__") == "DictNode"):
+        if not (isinstance(content, dict) and content.get("__loader__") == "DictNode"
+                and isinstance(content.get("content"), dict)):
             raise _Refused(f"the state of `{name}` is not a plain dict")
-        bad = [k for k in content.get("content", {})
-               if not _IDENTIFIER.match(k) or k.startswith("__")]
+        bad = [k for k in content["content"] if not _IDENTIFIER.match(k) or k.startswith("__")]
         if bad:
             raise _Refused(f"it gives `{name}` the attribute {bad[0]!r}, which no estimator "
                            f"has")
     elif loader == "DictNode":
         key_types = node.get("key_types")
-        if not (isinstance(key_types, dict) and key_types.get("__loader__") == "ListNode"
+        if not (isinstance(content, dict) and isinstance(key_types, dict)
+                and key_types.get("__loader__") == "ListNode"
+                and isinstance(key_types.get("content"), list)
                 and all(isinstance(k, dict) and k.get("__loader__") == "TypeNode"
-                        for k in key_types.get("content", []))):
+                        for k in key_types["content"])):
             raise _Refused("a dict's key types are not plain types")
     elif loader == "DTypeNode":
         if not (isinstance(content, dict) and content.get("__loader__") == "NdArrayNode"):
             raise _Refused("a dtype node does not wrap an array")
     elif loader == "DefaultDictNode":
-        factory = (content or {}).get("default_factory") if isinstance(content, dict) else None
+        factory = content.get("default_factory") if isinstance(content, dict) else None
         if not (isinstance(factory, dict) and factory.get("__loader__") == "TypeNode"):
             raise _Refused("a defaultdict's factory is not a plain type")
+    elif loader in ("NdArrayNode", "BytearrayNode") and "file" in node:
+        if not isinstance(node["file"], str) or (loader == "NdArrayNode"
+                                                 and node.get("type") != "numpy"):
+            raise _Refused("an array node names its file in a way skops never writes")
+    elif loader == "JsonNode" and not isinstance(content, str):
+        raise _Refused("a JSON node holds no JSON text")
+
+
+def _check_npy(data: bytes) -> None:
+    """An array file's header must describe exactly the bytes that follow it: NumPy
+    allocates the announced shape before it reads, so a header announcing more than the
+    file holds would allocate what the file never paid for."""
+    from numpy.lib import format as npy
+
+    fp = io.BytesIO(data)
+    version = npy.read_magic(fp)
+    if version not in ((1, 0), (2, 0)):
+        raise _Refused(f"an array file is of format {version}, which NumPy does not write")
+    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, _, dtype = read(fp, max_header_size=10_000)
+    if dtype.hasobject or dtype.kind not in "biufcUS":
+        raise _Refused(f"an array file holds dtype {dtype}")
+    count = 1
+    for n in shape:
+        count *= n
+    if count * dtype.itemsize != len(data) - fp.tell():
+        raise _Refused(f"an array file announces {count} values of {dtype} and holds "
+                       f"{len(data) - fp.tell()} bytes")
+
+
+def _booster_bytes(node: dict, read_member) -> None:
+    """Check the bytes an XGBoost or LightGBM booster node hands to native code."""
+    from .boosters import BoosterRefused, check_lightgbm, check_xgboost
+
+    name = f"{node['__module__']}.{node['__class__']}"
+    state = (node.get("content") or {}).get("content") or {}
+    try:
+        if name == "xgboost.core.Booster":
+            handle = state.get("handle")
+            if not (isinstance(handle, dict) and handle.get("__loader__") == "BytearrayNode"
+                    and "file" in handle):
+                raise BoosterRefused("is not stored as its own bytes")
+            check_xgboost(read_member(handle["file"]))
+        elif name == "lightgbm.basic.Booster":
+            handle = state.get("_handle")
+            if "handle" in state or not (isinstance(handle, dict)
+                                         and handle.get("__loader__") == "JsonNode"):
+                raise BoosterRefused("is not stored as its model text")
+            check_lightgbm(json.loads(handle["content"]))
+    except BoosterRefused as exc:
+        kind = name.split(".")[0].replace("xgboost", "XGBoost").replace("lightgbm", "LightGBM")
+        raise _Refused(f"its {kind} model {exc}") from None
 
 
 def _audit(data: bytes) -> None:
+    """:func:`_audit_zip` with any unexpected exception turned into the one-line refusal:
+    a file malformed in a way no check foresaw is still refused, never a crash."""
+    try:
+        _audit_zip(data)
+    except (_Refused, StageError):
+        raise
+    except Exception as exc:
+        raise _Refused(f"its schema is malformed ({type(exc).__name__})") from None
+
+
+def _audit_zip(data: bytes) -> None:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
@@ -187,8 +300,14 @@ def _audit(data: bytes) -> None:
     if len(names) != len(set(names)):
         raise _Refused("it holds two files under one name")
     sizes = {i.filename: i.file_size for i in infos}
+    # everything the audit and skops allocate is bounded by the file's own size: skops
+    # stores its members uncompressed, so a genuine bundle expands by a factor of 1
+    budget = max(MIN_BUDGET, MAX_EXPANSION * len(data))
     if schema_size > MAX_SCHEMA_BYTES or max(sizes.values()) > MAX_MEMBER_BYTES:
         raise _Refused("one of its files is larger than any cellfeat bundle's")
+    if sum(sizes.values()) > budget:
+        raise _Refused(f"its files expand to {sum(sizes.values())} bytes from "
+                       f"{len(data)}, more than a cellfeat bundle ever does")
     try:
         schema = json.loads(zf.read("schema.json"), object_pairs_hook=_unique_keys)
     except _Refused:
@@ -196,36 +315,66 @@ def _audit(data: bytes) -> None:
     except Exception as exc:
         raise StageError(f"not a readable model bundle ({type(exc).__name__}); it may be "
                          f"truncated or tampered with: retrain it") from None
-    seen: dict[int, str] = {}
-    read = read_bytearrays = count = 0
-    for item in _objects(schema):
-        count += 1
-        if count > MAX_NODES:
+    if not isinstance(schema, dict):
+        raise _Refused("its schema is not an object")
+    containers, nodes = [], []
+    for item, depth in _containers(schema):
+        if depth > MAX_DEPTH:
+            raise _Refused(f"its schema nests deeper than {MAX_DEPTH} levels")
+        containers.append(item)
+        if len(containers) > MAX_NODES:
             raise _Refused("its schema has more nodes than any cellfeat bundle's")
+        if not isinstance(item, dict):
+            continue
         if "__loader__" not in item:
             if "__id__" in item:
                 raise _Refused("it holds a bare reference, which skops never writes")
             continue
         _check_node(item)
-        first = True
-        ident = item.get("__id__")
+        nodes.append(item)
+
+    member_digests: dict[str, bytes] = {}
+
+    def read_member(name) -> bytes:
+        if not isinstance(name, str) or name not in sizes or name == "schema.json":
+            raise _Refused("a node names a file the bundle does not hold")
+        return zf.read(name)
+
+    def member_digest(name) -> bytes:
+        if name not in member_digests:
+            member_digests[name] = hashlib.blake2b(read_member(name), digest_size=16).digest()
+        return member_digests[name]
+
+    digests = _digests(containers, member_digest)
+    del containers
+    seen: dict[int, bytes] = {}
+    read = read_bytearrays = 0
+    checked_npy: set[str] = set()
+    for node in nodes:
+        ident = node.get("__id__")
         if ident is not None:
-            if type(ident) is not int:
-                raise _Refused("a node id is not an integer")
-            shape = json.dumps(_without_ids(item), sort_keys=True)
-            first = ident not in seen
-            if seen.setdefault(ident, shape) != shape:
+            # skops memoises only truthy ids: nodes under id 0 are each built again
+            if type(ident) is not int or ident <= 0:
+                raise _Refused("a node id is not a positive integer, which skops never writes")
+            if seen.setdefault(ident, digests[id(node)]) != digests[id(node)]:
                 raise _Refused(f"node id {ident} names two different nodes")
-        if first and item["__loader__"] in ("NdArrayNode", "BytearrayNode") and "file" in item:
-            size = sizes.get(item["file"], 0)
-            if item["__loader__"] == "BytearrayNode":
+        loader = node["__loader__"]
+        if loader in ("NdArrayNode", "BytearrayNode") and "file" in node:
+            # every occurrence counts: whether skops reuses an earlier one is its business
+            size = sizes[node["file"]]
+            if loader == "BytearrayNode":
                 read_bytearrays += size
                 if read_bytearrays > MAX_BYTEARRAY_BYTES:
                     raise _Refused("its byte arrays add up to more than any cellfeat "
                                    "bundle's")
             read += size
-            if read > MAX_READ_BYTES:
+            if read > min(MAX_READ_BYTES, budget):
                 raise _Refused("its arrays add up to more than any cellfeat bundle's")
+            if loader == "NdArrayNode" and node["file"] not in checked_npy:
+                _check_npy(read_member(node["file"]))
+                checked_npy.add(node["file"])
+        elif loader == "ObjectNode" and node["__class__"] == "Booster":
+            _booster_bytes(node, read_member)
 
 
 def audit_bundle(path_or_bytes, *, where=None) -> None:
@@ -246,12 +395,33 @@ def audit_bundle(path_or_bytes, *, where=None) -> None:
 
 def _check_loaded(obj) -> None:
     """Second look, on what skops built: every reachable object is of an allowed type (no
-    subclass), carries no dunder instance attribute, and a booster holds a parsed model."""
+    subclass), carries no dunder instance attribute, a booster holds a parsed model, and an
+    estimator holds what training can produce (:func:`pipelines.bundle.trained.check_estimator`).
+    Then every estimator gets cellfeat's own execution settings back."""
+    from .trained import NotTrained, check_estimator, reset_execution
+
+    estimators = _reachable_estimators(obj)
+    try:  # every type and booster handle is known good before any estimator is looked into
+        for o in estimators:
+            check_estimator(o)
+        for o in estimators:
+            reset_execution(o)
+    except NotTrained as exc:
+        raise _Refused(str(exc)) from None
+    except _Refused:
+        raise
+    except Exception as exc:  # an attribute malformed in a way no check foresaw
+        raise _Refused(f"it holds a model that is malformed ({type(exc).__name__})") from None
+
+
+def _reachable_estimators(obj) -> list:
+    """Every object reachable from ``obj``, checked for its exact type, dunder attributes
+    and booster handles; returns those with attributes other than boosters."""
     import ctypes
 
     import numpy as np
 
-    seen, stack = set(), [obj]
+    seen, stack, estimators = set(), [obj], []
     while stack:
         o = stack.pop()
         if id(o) in seen or o is None or type(o) in (bool, int, float, str):
@@ -293,7 +463,10 @@ def _check_loaded(obj) -> None:
                 handle = attrs.get("handle", attrs.get("_handle"))
                 if not (isinstance(handle, ctypes.c_void_p) and handle.value):
                     raise _Refused(f"its `{name}` holds no parsed model")
+            else:
+                estimators.append(o)
             stack.extend(attrs.values())
+    return estimators
 
 
 def save_bundle(path, *, pipeline, meta: dict) -> None:
@@ -302,8 +475,16 @@ def save_bundle(path, *, pipeline, meta: dict) -> None:
     would be refused by :func:`load_bundle`."""
     import skops.io as sio
 
+    from .trained import NotTrained, check_meta
+
+    meta = json.loads(json.dumps(meta, default=str))   # as load_bundle will read it
+    try:
+        check_meta(meta)
+    except NotTrained as exc:
+        raise StageError(f"{path}: not written, its {exc}; if cellfeat train now writes "
+                         f"that, add it to pipelines.bundle.trained.META") from None
     bundle = {"format": BUNDLE_FORMAT, "cellfeat_version": cellfeat.__version__,
-              "meta_json": json.dumps(meta, default=str), "pipeline": pipeline}
+              "meta_json": json.dumps(meta), "pipeline": pipeline}
     with atomic_path(path) as tmp:
         sio.dump(bundle, tmp)
         try:
@@ -311,7 +492,7 @@ def save_bundle(path, *, pipeline, meta: dict) -> None:
         except _Refused as exc:
             raise StageError(f"{path}: not written, {exc}. If that type is new and restores "
                              f"without running code, add it to "
-                             f"pipelines.bundle.TYPES_BY_LOADER") from None
+                             f"pipelines.bundle.files.TYPES_BY_LOADER") from None
 
 
 def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
@@ -354,11 +535,20 @@ def load_bundle(path, *, feature_names=None) -> tuple[object, dict]:
                          f"retrain the model with this version")
     try:
         meta = json.loads(bundle["meta_json"])
-    except (KeyError, TypeError, ValueError):
+    except Exception:  # missing, not text, or nested past the parser's recursion limit
         meta = None
     if not isinstance(meta, dict) or "pipeline" not in bundle:
         raise StageError(f"{path}: not a cellfeat model bundle (no settings or no model in "
                          f"it); retrain it")
+    from .trained import NotTrained, check_meta
+
+    try:
+        check_meta(meta)
+    except NotTrained as exc:
+        raise StageError(f"{path}: refused, its {exc}; do not use this file") from None
+    except Exception as exc:
+        raise StageError(f"{path}: refused, its meta is malformed ({type(exc).__name__}); "
+                         f"do not use this file") from None
     if feature_names is not None and list(meta.get("cell_features", [])) != list(feature_names):
         want, have = set(meta.get("cell_features", [])), set(feature_names)
         raise StageError(f"{path}: trained on a different feature set (missing here: "
