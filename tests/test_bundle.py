@@ -76,12 +76,14 @@ def _pairs(path) -> set[tuple[str, str]]:
 ALLOWED_PAIRS = {(loader, t) for loader, types in TYPES_BY_LOADER.items() for t in types}
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_every_candidate_bundle_holds_only_allowed_types(every_candidate):
     path, _, _ = every_candidate
     audit_bundle(path)                       # raises on the first node off the list
     assert _pairs(path) <= ALLOWED_PAIRS
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_allow_list_is_derived_not_padded(every_candidate):
     # every allowed (loader, type) occurs in a bundle cellfeat writes (torch's only with torch)
     from cellfeat.cnn import torch_available
@@ -105,6 +107,7 @@ def test_allow_lists_name_classes_and_no_callable_loader():
         assert isinstance(obj, type), f"{name} is not a class"
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_loaded_bundle_predicts_exactly_as_fitted(every_candidate):
     path, models, frame = every_candidate
     loaded, meta = load_bundle(path)
@@ -233,6 +236,7 @@ def test_crafted_bundle_is_refused_before_anything_runs(route, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_score_refuses_a_crafted_model_in_one_line(synthetic_root, tmp_path):
     import sys
 
@@ -494,6 +498,7 @@ def _array(name, ident):
             "type": "numpy", "file": name, "__id__": ident}
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_array_nodes_under_id_zero_are_refused(tmp_path):
     # skops memoises only truthy ids, so each of these 800 nodes reads the 8 MiB member
     # again (6.4 GiB); the old audit counted the id once
@@ -529,6 +534,7 @@ def test_every_array_occurrence_counts_against_the_read_cap(tmp_path):
         load_bundle(path)
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_nested_nodes_around_one_large_string_stay_bounded(tmp_path):
     # the old audit kept a JSON dump of every node's subtree: 58 levels x 40 MiB; the file
     # is stored (a compressed one is refused earlier, for its expansion)
@@ -680,6 +686,7 @@ BOOSTER_ROUTES = {
 }
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_genuine_booster_bundle_scores_in_the_child(boosted):
     path, frame = boosted
     out = _capped(path, frame)
@@ -688,6 +695,7 @@ def test_genuine_booster_bundle_scores_in_the_child(boosted):
     assert first == second
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 @pytest.mark.parametrize("route", list(BOOSTER_ROUTES))
 def test_booster_bytes_that_crash_native_code_are_refused(route, boosted, tmp_path):
     path, frame = boosted
@@ -790,6 +798,7 @@ def _replace_ids(tree, ids, make):
                 stack.append(value)
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_stats_repeated_a_million_times_is_refused_before_scoring(golden_frame, tmp_path):
     # 1.2 M "Mean" as an array of strings: 19 MiB that deflate to ~100 KiB; on the old
     # loader each patient's bag table then took gigabytes at score time
@@ -822,6 +831,7 @@ def _object_nodes(schema, *classes):
             and n["__class__"] in classes and n.get("content")]
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_execution_settings_are_cellfeat_own_after_loading(every_candidate, tmp_path):
     # the old loader kept what the file said: 2000 processes (FeatureUnion), 2000 threads
     # (libgomp aborted at that many in LightGBM), a joblib cache in a folder of its choice
@@ -848,6 +858,7 @@ def test_execution_settings_are_cellfeat_own_after_loading(every_candidate, tmp_
         assert config["learner"]["generic_param"]["nthread"] == "1"
 
 
+@pytest.mark.slow  # a child process, or every candidate trained
 def test_reset_changes_nothing_on_a_genuine_bundle(every_candidate):
     """EXECUTION is what training writes: a genuine bundle, as plain skops restores it,
     already holds exactly those settings, and no other class holds one."""

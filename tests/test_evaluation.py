@@ -187,6 +187,7 @@ def cell_frame(n_per_class, seed=0):
     return cohort_frame(clinical, cells), y
 
 
+@pytest.mark.slow  # four CV levels deep (about 14 s)
 def test_cohort_at_the_minimum_runs_four_levels_deep():
     """The deepest candidate (late fusion: outer > rule > image logit > C by CV, 3 folds
     each) on a cohort of exactly the guard's minimum runs; one patient fewer is refused

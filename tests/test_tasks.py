@@ -40,6 +40,7 @@ def test_patient_without_decodable_image_has_no_pixel_score():
     assert meta[PIXEL_SCORE] is None and meta["N_PIXEL_IMAGES"] == 0
 
 
+@pytest.mark.slow  # a child process under a memory cap
 def test_an_image_announcing_8000_px_costs_no_memory(synthetic_root, tmp_path):
     # a 198 KiB PNG of 8000x8000 px: decoded, converted and summed as pixels it took 4.4 GB
     # at peak; now it is refused from its header. Run under an address-space cap, so a

@@ -84,6 +84,7 @@ def test_spread_is_over_held_out_folds():
     assert row["AUC_OOF_Q05"] < row["AUC_OOF"] < row["AUC_OOF_Q95"]
 
 
+@pytest.mark.slow  # 100 shuffles of 61 features (about 20 s)
 def test_permutation_null_puts_noise_features_at_or_under_their_rank():
     """Sixty pure-noise features and one real one on 80 patients: the best noise features
     reach out-of-fold AUCs well above 0.5 by chance (the review saw 0.63-0.68 marked

@@ -22,7 +22,8 @@ from ..io import StageError
 __all__ = ["check_outputs", "PREDICTION_HEADER", "SUBMISSION_HEADER", "GENERATOR"]
 
 #: The first line of the tables ``cellfeat score`` writes (see stages.score_frame).
-PREDICTION_HEADER = "ID,LABEL,PROBA,THRESHOLD,TRIAGE,N_CELLS,N_CELLS_USED,STATUS,MODEL"
+PREDICTION_HEADER = ("ID,LABEL,PROBA,THRESHOLD,TRIAGE,ZONE,N_CELLS,N_CELLS_USED,STATUS,MODEL,"
+                     "IN_TRAINING")
 SUBMISSION_HEADER = "Id,Predicted"
 #: The generator tag of every HTML page cellfeat writes (templates/base.html.j2).
 GENERATOR = '<meta name="generator" content="cellfeat">'
