@@ -1,4 +1,4 @@
-"""Candidate patient-level models, the rule that chooses among them, calibrated calls.
+"""Candidate patient-level models, their inputs, the rule that chooses among them, the routing.
 
 Input form (one row per patient)
 --------------------------------
