@@ -12,6 +12,6 @@ report/    what a person reads: the training report (Markdown, metrics.json, fig
 bench/     measurement tools (``make bench``, the MIL benchmark, colour drift). May import
            anything in this package.
 bundle/    model files: safe saving and loading of skops bundles, booster checks, the table
-           of what training writes. Imports io, cellfeat and report.html (a constant).
+           of what training writes. Imports io, cellfeat and report.explain (a constant).
 io         atomic writes, settings hashes and ``StageError``, shared by all of the above.
 """

@@ -14,15 +14,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from cellfeat.data import load_cohort
 from cellfeat.models import make_pipeline
 from pipelines.run.features import run_features
-from pipelines.report.html import (contributions, gloss, leave_one_cell_out, markdown_blocks,
-                            reference_distributions, render, score_report_context,
-                            write_score_report, write_train_report)
+from pipelines.report.explain import contributions, leave_one_cell_out, reference_distributions
+from pipelines.report.glossary import gloss
+from pipelines.report.html import (markdown_blocks, render, score_report_context,
+                                   write_score_report, write_train_report)
 from pipelines.run.stages import load_frame, score_frame
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -8,7 +8,7 @@ trained   what ``cellfeat train`` can write: the fitted attributes of each class
           execution settings, the meta keys and values
 
 May import :mod:`pipelines.io`, :mod:`cellfeat` and, for the shape of the training cohort's
-reference distributions, :mod:`pipelines.report.html`; never :mod:`pipelines.run`.
+reference distributions, :mod:`pipelines.report.explain`; never :mod:`pipelines.run`.
 """
 
 from .files import audit_bundle, load_bundle, save_bundle

@@ -620,7 +620,7 @@ def _m_names(v, where):
 
 def _quantiles() -> list:
     """The quantiles training stores per class; the report draws boxes from entries 1-5."""
-    from ..report.html import QUANTILES
+    from ..report.explain import QUANTILES
 
     return list(QUANTILES)
 

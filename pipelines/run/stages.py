@@ -128,7 +128,8 @@ def stage_train(args):
     from cellfeat.zone import ZONE_RULE, in_zone, zone_limit
 
     from ..bundle import save_bundle
-    from ..report.html import reference_distributions, write_train_report
+    from ..report.explain import reference_distributions
+    from ..report.html import write_train_report
     from ..report.markdown import RULE, first_screen, write_report
     from .stability import stage_hook as colour_stability
 
