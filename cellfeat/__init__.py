@@ -9,9 +9,11 @@ data          read a patient cohort (clinical CSV + image folders) and account f
 synthetic     a deterministic synthetic cohort with ground-truth masks
 segment       nucleus / cell / ROC segmentation (Otsu, K-means)
 features      one function per cell feature, and the registry of names
+measure       one image -> one feature row (what the feature workers run)
 extract       ``CellFeatureExtractor``: images -> one feature row per cell
 bags          per-patient aggregation of cell rows
 heterogeneity bag heterogeneity scores
+pixels        pixel-space dispersion of a bag, streamed
 mil           multiple-instance SVMs (MI-SVM, mi-SVM) and their bag features
 models        the candidate pipelines compared by patient-level CV
 """

@@ -137,7 +137,7 @@ __all__ = [
     "glcm_energy", "glcm_entropy", "glcm_correlation", "clumping_index", "granularity",
     "granule_fraction", "nucleolus_spots", "deepest_concavity", "hairiness",
     "granule_size_mean", "granule_size_spread", "spatial_autocorrelation",
-    "nucleolus_prominence",
+    "nucleolus_prominence", "glcm_counts", "gaussian_filter_wrap",
 ]
 
 GLCM_LEVELS = 16
@@ -427,12 +427,33 @@ def _smooth_closed_curve(points: np.ndarray, sigma: float, length: float) -> np.
     # around the closure. sigma (pixels) is converted to points with the curve's length
     # per point; the length is the outline's simplified perimeter (:func:`perimeter`),
     # since the 1 and sqrt(2) px steps of the pixel chain overstate a smooth curve's length
-    from scipy.ndimage import gaussian_filter1d
-
     p = np.asarray(points, np.float64).reshape(-1, 2)
     if len(p) < 3 or not length > 0:
         return p.copy()
-    return gaussian_filter1d(p, sigma * len(p) / length, axis=0, mode="wrap", truncate=3.0)
+    return gaussian_filter_wrap(p, sigma * len(p) / length)
+
+
+def gaussian_filter_wrap(values: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """Gaussian smoothing of the rows of ``values`` (N, k) along the first axis, wrapping
+    around its ends (a closed curve): ``scipy.ndimage.gaussian_filter1d(values, sigma,
+    axis=0, mode="wrap", truncate=truncate)``, to the bit (same kernel, same order of
+    operations; the tests check it), without importing scipy in the feature workers.
+
+    The kernel is exp(−x²/2σ²) normalised to sum 1 over x = −r … r, r = ⌊truncate·σ + ½⌋.
+    """
+    v = np.asarray(values, np.float64)
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x ** 2)
+    phi = phi / phi.sum()
+    n = len(v)
+    idx = np.arange(n)
+    out = v * phi[radius]
+    # scipy's symmetric-kernel loop: the centre, then each pair of neighbours from the
+    # outermost in, (left + right) * weight
+    for j in range(radius, 0, -1):
+        out += (v[(idx - j) % n] + v[(idx + j) % n]) * phi[radius - j]
+    return out
 
 
 def hairiness(contour: np.ndarray, smoothed: np.ndarray, area_: float) -> float:
@@ -1258,12 +1279,44 @@ def _pattern_spectrum(values: np.ndarray, mask: np.ndarray, steps: int) -> np.nd
     return np.maximum(-np.diff(volumes), 0.0)
 
 
+#: The four GLCM directions (0, 45, 90 and 135 degrees), as scikit-image's
+#: ``graycomatrix`` takes them: a pixel (r, c) pairs with (r + round(d sin a),
+#: c + round(d cos a)).
+GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+
+
+def glcm_counts(levels_image: np.ndarray, n_levels: int, distance: int) -> np.ndarray:
+    """Grey-level co-occurrence counts of an integer image, its four directions summed.
+
+    ``C[i, j]`` counts the pixel pairs (r, c), (r + round(d sin a), c + round(d cos a)) of
+    the image, for the angles a of :data:`GLCM_ANGLES`, whose levels are i and j (both
+    below ``n_levels``), pairs leaving the image not counted: scikit-image's
+    ``graycomatrix(image, [d], GLCM_ANGLES, levels=n_levels)`` summed over its angles
+    (the tests check they agree), counted by one ``np.bincount`` of pair codes
+    ``n_levels * i + j`` instead of a loop per angle.
+    """
+    q = np.asarray(levels_image, dtype=np.intp)
+    h, w = q.shape
+    codes = []
+    for a in GLCM_ANGLES:
+        # Python's round() is half-to-even and C's half-away-from-zero; they differ at .5
+        # only, and no (d, angle) here gives an exact half
+        dr, dc = int(round(np.sin(a) * distance)), int(round(np.cos(a) * distance))
+        r0, r1 = max(0, -dr), min(h, h - dr)
+        c0, c1 = max(0, -dc), min(w, w - dc)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        codes.append((q[r0:r1, c0:c1] * n_levels + q[r0 + dr:r1 + dr, c0 + dc:c1 + dc]).ravel())
+    if not codes:
+        return np.zeros((n_levels, n_levels), np.int64)
+    counts = np.bincount(np.concatenate(codes), minlength=n_levels * n_levels)
+    return counts[:n_levels * n_levels].reshape(n_levels, n_levels)
+
+
 def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | None:
     # Pixels outside the mask get level 0 and every pair touching level 0 is dropped, so
     # only pairs of two region pixels count. Computed on the region's bounding box.
     # Returns {distance: normalised GLCM}, without distances that have no pair.
-    from skimage.feature import graycomatrix
-
     mask_u8 = np.ascontiguousarray(mask).view(np.uint8)
     if cv2.countNonZero(mask_u8) < MIN_REGION_PIXELS:
         return None
@@ -1281,13 +1334,13 @@ def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | N
     scale = (GLCM_LEVELS - 1e-3) / (hi - lo) if hi - lo > 1e-3 else 0.0
     q = np.clip(1 + (gray - np.float32(lo)) * np.float32(scale), 1, GLCM_LEVELS)
     q = q.astype(np.uint8) * mask_u8
-    p = graycomatrix(q, list(distances), [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
-                     levels=GLCM_LEVELS + 1, symmetric=True)[1:, 1:, :, :].sum(axis=-1)
     out = {}
-    for k, d in enumerate(distances):
-        total = p[:, :, k].sum()
+    for d in distances:
+        c = glcm_counts(q, GLCM_LEVELS + 1, d)[1:, 1:]
+        c = c + c.T  # symmetric
+        total = c.sum()
         if total > 0:
-            out[d] = p[:, :, k] / float(total)
+            out[d] = c / float(total)
     return out or None
 
 

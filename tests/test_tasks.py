@@ -35,3 +35,34 @@ def test_patient_pixel_dispersion_is_the_library_function(synthetic_root):
 def test_patient_without_decodable_image_has_no_pixel_score():
     _, meta, _ = compute_patient("P", ["a.jpg"], [b"junk"], FeatureSettings())
     assert meta[PIXEL_SCORE] is None and meta["N_PIXEL_IMAGES"] == 0
+
+
+def test_feature_workers_import_no_heavy_module(tmp_path):
+    # Issue 21: a feature worker imports what the task runs and nothing else: scikit-learn,
+    # scipy, scikit-image, matplotlib and the boosters cost start-up time and resident
+    # memory in every worker process. A fresh interpreter imports the task module and runs
+    # one image through it (the lazy imports of the feature code included).
+    import subprocess
+    import sys
+
+    import cv2
+
+    from cellfeat.synthetic import draw_cell, sample_patient
+
+    rng = np.random.default_rng(0)
+    image, _, _ = draw_cell(rng, sample_patient(rng, 1))
+    path = tmp_path / "cell.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pipelines.run.tasks import FeatureSettings, compute_patient\n"
+        f"cells, _, _ = compute_patient('P', ['c.png'], [Path({str(path)!r}).read_bytes()], "
+        "FeatureSettings())\n"
+        "assert cells['QC_STATUS'].iloc[0] == 'ok', cells['QC_STATUS'].iloc[0]\n"
+        "heavy = ('sklearn', 'scipy', 'skimage', 'matplotlib', 'xgboost', 'lightgbm', 'torch')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -18,8 +18,8 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import Cohort
-from cellfeat.extract import QC_COLUMN
-from cellfeat.heterogeneity import PIXEL_SCORE
+from cellfeat.measure import QC_COLUMN
+from cellfeat.pixels import PIXEL_SCORE
 
 from .cluster import dask_results, retried_keys
 from ..io import atomic_path, write_csv, write_parquet

@@ -13,7 +13,6 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import DEFAULT_REFERENCE_DATE, Cohort, load_cohort
-from cellfeat.decision import DECIMALS
 from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
@@ -111,6 +110,7 @@ def stage_train(args):
     from tqdm.auto import tqdm
 
     from cellfeat.cnn import torch_available
+    from cellfeat.decision import DECIMALS
     from cellfeat.evaluation import nested_cv
     from cellfeat.mil import MISVM
     from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, DEFAULT_CANDIDATES, FALLBACKS,
@@ -301,6 +301,8 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
 
 
 def stage_score(args):
+    from cellfeat.decision import DECIMALS
+
     from ..bundle import load_bundle
     from ..report.plots import patient_montages
 

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from cellfeat.data import ImageReadError, decode_image
-from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
-from cellfeat.heterogeneity import PIXEL_SCORE, PixelSums
+from cellfeat.measure import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
+from cellfeat.pixels import PIXEL_SCORE, PixelSums
 
 from ..io import atomic_path, settings_hash
 
