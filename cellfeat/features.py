@@ -447,13 +447,21 @@ def gaussian_filter_wrap(values: np.ndarray, sigma: float, truncate: float = 3.0
     phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x ** 2)
     phi = phi / phi.sum()
     n = len(v)
-    idx = np.arange(n)
-    out = v * phi[radius]
-    # scipy's symmetric-kernel loop: the centre, then each pair of neighbours from the
-    # outermost in, (left + right) * weight
-    for j in range(radius, 0, -1):
-        out += (v[(idx - j) % n] + v[(idx + j) % n]) * phi[radius - j]
-    return out
+    # the curve extended by `radius` points at each end, wrapping (several turns when the
+    # kernel is longer than the curve); row i + radius + j of it is point i + j
+    ext = np.ascontiguousarray(v[np.arange(-radius, n + radius) % n])
+    # (left + right) * weight of each pair of neighbours, outermost pair first, as rows
+    # j = radius ... 1 of a (radius, n, k) array; left[j, i] = ext[i + j] and
+    # right[j, i] = ext[i + 2 radius - j] are strided views of ext (no copy)
+    step, col = ext.strides
+    left = np.lib.stride_tricks.as_strided(ext, (radius, n, v.shape[1]), (step, step, col),
+                                           writeable=False)
+    right = np.lib.stride_tricks.as_strided(ext[2 * radius:], (radius, n, v.shape[1]),
+                                            (-step, step, col), writeable=False)
+    pairs = (left + right) * phi[:radius, None, None]
+    # scipy's symmetric-kernel loop adds them one by one after the centre term; so does a
+    # reduction over the first axis, element-wise row after row (the tests check every bit)
+    return np.add.reduce(np.concatenate([(v * phi[radius])[None], pairs]), axis=0)
 
 
 def hairiness(contour: np.ndarray, smoothed: np.ndarray, area_: float) -> float:
@@ -1285,32 +1293,37 @@ def _pattern_spectrum(values: np.ndarray, mask: np.ndarray, steps: int) -> np.nd
 GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 
 
-def glcm_counts(levels_image: np.ndarray, n_levels: int, distance: int) -> np.ndarray:
-    """Grey-level co-occurrence counts of an integer image, its four directions summed.
+def glcm_counts(levels_image: np.ndarray, n_levels: int, distances=(1,)) -> np.ndarray:
+    """Grey-level co-occurrence counts of a uint8 image of levels 0 … ``n_levels`` − 1,
+    its four directions summed, for each pixel distance d: an array (len(distances), L, L).
 
-    ``C[i, j]`` counts the pixel pairs (r, c), (r + round(d sin a), c + round(d cos a)) of
-    the image, for the angles a of :data:`GLCM_ANGLES`, whose levels are i and j (both
-    below ``n_levels``), pairs leaving the image not counted: scikit-image's
-    ``graycomatrix(image, [d], GLCM_ANGLES, levels=n_levels)`` summed over its angles
-    (the tests check they agree), counted by one ``np.bincount`` of pair codes
-    ``n_levels * i + j`` instead of a loop per angle.
+    ``C[k, i, j]`` counts the pixel pairs (r, c), (r + round(d sin a), c + round(d cos a))
+    whose levels are i and j, for the angles a of :data:`GLCM_ANGLES`. Level 0 is the
+    "outside" level: a pair leaving the image is counted as a pair with a 0 (the image is
+    framed by zeros), so row and column 0 are not co-occurrences of the image and are
+    dropped by the callers. For levels ≥ 1 the counts are scikit-image's
+    ``graycomatrix(image, distances, GLCM_ANGLES, levels=n_levels)`` summed over its angles
+    (the tests check they agree), from one 2-D histogram (OpenCV) per distance of the
+    image against its four shifted copies, without importing scikit-image in the feature
+    workers.
     """
-    q = np.asarray(levels_image, dtype=np.intp)
+    q = np.ascontiguousarray(levels_image, dtype=np.uint8)
     h, w = q.shape
-    codes = []
-    for a in GLCM_ANGLES:
+    far = max(distances)
+    framed = np.zeros((h + 2 * far, w + 2 * far), np.uint8)
+    framed[far:far + h, far:far + w] = q
+    first = np.concatenate([q] * len(GLCM_ANGLES))
+    out = np.empty((len(distances), n_levels, n_levels), np.int64)
+    for k, d in enumerate(distances):
         # Python's round() is half-to-even and C's half-away-from-zero; they differ at .5
-        # only, and no (d, angle) here gives an exact half
-        dr, dc = int(round(np.sin(a) * distance)), int(round(np.cos(a) * distance))
-        r0, r1 = max(0, -dr), min(h, h - dr)
-        c0, c1 = max(0, -dc), min(w, w - dc)
-        if r1 <= r0 or c1 <= c0:
-            continue
-        codes.append((q[r0:r1, c0:c1] * n_levels + q[r0 + dr:r1 + dr, c0 + dc:c1 + dc]).ravel())
-    if not codes:
-        return np.zeros((n_levels, n_levels), np.int64)
-    counts = np.bincount(np.concatenate(codes), minlength=n_levels * n_levels)
-    return counts[:n_levels * n_levels].reshape(n_levels, n_levels)
+        # only, and d sin a, d cos a are never an exact half here
+        shifts = [(int(round(np.sin(a) * d)), int(round(np.cos(a) * d))) for a in GLCM_ANGLES]
+        second = np.concatenate([framed[far + dr:far + dr + h, far + dc:far + dc + w]
+                                 for dr, dc in shifts])
+        # counts below 2**24 are exact in calcHist's float32
+        out[k] = cv2.calcHist([first, second], [0, 1], None, [n_levels, n_levels],
+                              [0, n_levels, 0, n_levels])
+    return out
 
 
 def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | None:
@@ -1335,9 +1348,8 @@ def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | N
     q = np.clip(1 + (gray - np.float32(lo)) * np.float32(scale), 1, GLCM_LEVELS)
     q = q.astype(np.uint8) * mask_u8
     out = {}
-    for d in distances:
-        c = glcm_counts(q, GLCM_LEVELS + 1, d)[1:, 1:]
-        c = c + c.T  # symmetric
+    for d, c in zip(distances, glcm_counts(q, GLCM_LEVELS + 1, distances)):
+        c = c[1:, 1:] + c[1:, 1:].T  # level 0 is outside the region; symmetric
         total = c.sum()
         if total > 0:
             out[d] = c / float(total)

@@ -519,8 +519,9 @@ def test_red_density_correlation_by_hand(monkeypatch):
 
 def test_glcm_counts_equal_scikit_image():
     # the counts replace skimage.feature.graycomatrix (summed over its four angles), which
-    # the feature workers no longer import: the same integers on random images of every
-    # small shape, levels and distance, including distances longer than the image
+    # the feature workers no longer import: the same integers for every level >= 1 (0 is
+    # the outside level) on random images of every small shape, number of levels and
+    # distance, including distances longer than the image
     from skimage.feature import graycomatrix
 
     rng = np.random.default_rng(0)
@@ -528,9 +529,11 @@ def test_glcm_counts_equal_scikit_image():
         h, w = rng.integers(1, 30, 2)
         levels = int(rng.integers(2, 18))
         q = rng.integers(0, levels, (h, w)).astype(np.uint8)
-        for d in (1, 2, 4, 7):
-            expected = graycomatrix(q, [d], list(F.GLCM_ANGLES), levels=levels).sum(-1)[:, :, 0]
-            np.testing.assert_array_equal(F.glcm_counts(q, levels, d), expected)
+        distances = (1, 2, 4, 7)
+        expected = graycomatrix(q, list(distances), list(F.GLCM_ANGLES), levels=levels).sum(-1)
+        got = F.glcm_counts(q, levels, distances)
+        for k in range(len(distances)):
+            np.testing.assert_array_equal(got[k, 1:, 1:], expected[1:, 1:, k])
 
 
 def test_gaussian_filter_wrap_equals_scipy_to_the_bit():
