@@ -389,3 +389,25 @@ def test_score_warns_when_dobs_are_past_the_reference_date(altered, trained, tmp
     assert "1 patient(s) born after 2020-01-01" in err and df.loc[0, "ID"] in err
     pred = pd.read_csv(tmp_path / "p.csv").set_index("ID")
     assert pred.loc[df.loc[0, "ID"], "STATUS"] == "image only: missing AGE"
+
+
+def test_score_imports_neither_torch_nor_dask(synthetic_root, trained, tmp_path):
+    # Issue 21, a cold score: skops's import walks scikit-learn's packages, whose array-API
+    # wrappers import torch and dask.array when those extras are installed (seconds); the
+    # score stage keeps them out, and one patient's features run in this process (no
+    # worker start-up). A fresh interpreter, as a user's command would be.
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.csv"
+    code = ("import sys\n"
+            "from pipelines.run.cli import main\n"
+            f"rc = main(['--quiet', 'score', {str(synthetic_root)!r}, '--features', "
+            f"{str(tmp_path / 'f')!r}, '--model', {str(trained / 'm.skops')!r}, '--out', "
+            f"{str(out)!r}])\n"
+            "print(rc, sorted(m for m in ('torch', 'dask') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "0 []", res.stdout
+    assert out.is_file()

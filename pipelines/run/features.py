@@ -58,7 +58,10 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     else:
         tasks = (delayed(process_patient)(pid, files, settings, cache_dir)
                  for pid, files in patients)
-        results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
+        # one patient (scoring one new patient) runs here: starting worker processes, each
+        # importing the feature code, would cost more than the patient's own images
+        results = Parallel(n_jobs=n_jobs if len(patients) > 1 else 1,
+                           return_as="generator")(tasks)
     provenance = {"Diagnostics_Version": cellfeat.__version__,
                   "Diagnostics_SettingsHash": settings.hash}
     qc_parts, metas, writer = [], [], None
