@@ -158,11 +158,20 @@ _TEXT_COLUMNS = frozenset(CELL_COLUMNS[:4])
 def _measure_patient(pid: str, names, blobs, settings: FeatureSettings):
     # (one dict per image, the patient's meta, crops): what both forms of the cells hold
     import cv2
+    from threadpoolctl import threadpool_limits
 
-    # One OpenCV thread per task: the work is many small calls, where OpenCV's thread pool
-    # costs more than it saves (segmentation 1.03 -> 0.82 ms/image measured on dev images),
-    # and parallelism comes from running tasks side by side.
+    # One OpenCV thread and one BLAS thread per task: the work is many small calls, where a
+    # thread pool costs more than it saves (OpenCV: segmentation 1.03 -> 0.82 ms/image;
+    # BLAS: features 2.4 -> 1.7 ms/image on dev images, in one process with the other core
+    # busy), and parallelism comes from running tasks side by side. Worker processes get
+    # one BLAS thread from joblib already; this also holds when a patient is computed in
+    # the calling process (scoring one patient) or on a Dask worker.
     cv2.setNumThreads(1)
+    with threadpool_limits(1, user_api="blas"):
+        return _measure_images(pid, names, blobs, settings)
+
+
+def _measure_images(pid: str, names, blobs, settings: FeatureSettings):
     rows, pixels = [], PixelSums()
     crops = np.zeros((len(names), settings.crop_size, settings.crop_size, 3), np.uint8)
     for j, (name, b) in enumerate(zip(names, blobs)):
