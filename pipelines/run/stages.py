@@ -321,8 +321,12 @@ def _import_skops_lean():
     try:
         import skops.io  # noqa: F401
     finally:
+        parent = sys.modules.get(names[0].rsplit(".", 1)[0])
         for name in names:
-            del sys.modules[name]
+            placeholder = sys.modules.pop(name)
+            # nor left as an attribute of its package: a later import finds the real one
+            if getattr(parent, name.rsplit(".", 1)[1], None) is placeholder:
+                delattr(parent, name.rsplit(".", 1)[1])
 
 
 def stage_score(args):
