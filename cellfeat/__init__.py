@@ -9,10 +9,12 @@ data          read a patient cohort (clinical CSV + image folders) and account f
 synthetic     a deterministic synthetic cohort with ground-truth masks (and random palettes)
 segment       nucleus / whole-cell segmentation against each image's own plasma
 features      one function per cell feature, and the registry of names
+measure       one image -> one feature row (what the feature workers run)
 extract       ``CellFeatureExtractor``: images -> one feature row per cell
 augment       colour shifts of a smear (white balance, gamma, stain, JPEG) and the panel
 bags          per-patient aggregation of cell rows
 heterogeneity bag heterogeneity scores
+pixels        pixel-space dispersion of a bag, streamed
 mil           multiple-instance SVMs (MI-SVM, mi-SVM) and their bag features
 cnn           the optional torch CNN image expert
 zone          the overlap zone: the counts at which the count alone cannot decide

@@ -137,7 +137,7 @@ __all__ = [
     "glcm_energy", "glcm_entropy", "glcm_correlation", "clumping_index", "granularity",
     "granule_fraction", "nucleolus_spots", "deepest_concavity", "hairiness",
     "granule_size_mean", "granule_size_spread", "spatial_autocorrelation",
-    "nucleolus_prominence",
+    "nucleolus_prominence", "glcm_counts", "gaussian_filter_wrap",
 ]
 
 GLCM_LEVELS = 16
@@ -427,12 +427,41 @@ def _smooth_closed_curve(points: np.ndarray, sigma: float, length: float) -> np.
     # around the closure. sigma (pixels) is converted to points with the curve's length
     # per point; the length is the outline's simplified perimeter (:func:`perimeter`),
     # since the 1 and sqrt(2) px steps of the pixel chain overstate a smooth curve's length
-    from scipy.ndimage import gaussian_filter1d
-
     p = np.asarray(points, np.float64).reshape(-1, 2)
     if len(p) < 3 or not length > 0:
         return p.copy()
-    return gaussian_filter1d(p, sigma * len(p) / length, axis=0, mode="wrap", truncate=3.0)
+    return gaussian_filter_wrap(p, sigma * len(p) / length)
+
+
+def gaussian_filter_wrap(values: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """Gaussian smoothing of the rows of ``values`` (N, k) along the first axis, wrapping
+    around its ends (a closed curve): ``scipy.ndimage.gaussian_filter1d(values, sigma,
+    axis=0, mode="wrap", truncate=truncate)``, to the bit (same kernel, same order of
+    operations; the tests check it), without importing scipy in the feature workers.
+
+    The kernel is exp(−x²/2σ²) normalised to sum 1 over x = −r … r, r = ⌊truncate·σ + ½⌋.
+    """
+    v = np.asarray(values, np.float64)
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (float(sigma) * float(sigma)) * x ** 2)
+    phi = phi / phi.sum()
+    n = len(v)
+    # the curve extended by `radius` points at each end, wrapping (several turns when the
+    # kernel is longer than the curve); row i + radius + j of it is point i + j
+    ext = np.ascontiguousarray(v[np.arange(-radius, n + radius) % n])
+    # (left + right) * weight of each pair of neighbours, outermost pair first, as rows
+    # j = radius ... 1 of a (radius, n, k) array; left[j, i] = ext[i + j] and
+    # right[j, i] = ext[i + 2 radius - j] are strided views of ext (no copy)
+    step, col = ext.strides
+    left = np.lib.stride_tricks.as_strided(ext, (radius, n, v.shape[1]), (step, step, col),
+                                           writeable=False)
+    right = np.lib.stride_tricks.as_strided(ext[2 * radius:], (radius, n, v.shape[1]),
+                                            (-step, step, col), writeable=False)
+    pairs = (left + right) * phi[:radius, None, None]
+    # scipy's symmetric-kernel loop adds them one by one after the centre term; so does a
+    # reduction over the first axis, element-wise row after row (the tests check every bit)
+    return np.add.reduce(np.concatenate([(v * phi[radius])[None], pairs]), axis=0)
 
 
 def hairiness(contour: np.ndarray, smoothed: np.ndarray, area_: float) -> float:
@@ -787,7 +816,9 @@ class References:
 
 def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     # squared Euclidean distance up to the per-pixel constant |x|^2: |c|^2 - 2 x.c
-    c = np.nan_to_num(np.asarray(centres, np.float32), nan=1e6)
+    c = np.asarray(centres, np.float32)
+    if not np.isfinite(c).all():  # (nan_to_num costs more than the rest on 3 centres)
+        c = np.nan_to_num(c, nan=1e6)
     return np.argmin((c * c).sum(1) - 2 * (x @ c.T), axis=1)
 
 
@@ -1258,12 +1289,49 @@ def _pattern_spectrum(values: np.ndarray, mask: np.ndarray, steps: int) -> np.nd
     return np.maximum(-np.diff(volumes), 0.0)
 
 
+#: The four GLCM directions (0, 45, 90 and 135 degrees), as scikit-image's
+#: ``graycomatrix`` takes them: a pixel (r, c) pairs with (r + round(d sin a),
+#: c + round(d cos a)).
+GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+
+
+def glcm_counts(levels_image: np.ndarray, n_levels: int, distances=(1,)) -> np.ndarray:
+    """Grey-level co-occurrence counts of a uint8 image of levels 0 … ``n_levels`` − 1,
+    its four directions summed, for each pixel distance d: an array (len(distances), L, L).
+
+    ``C[k, i, j]`` counts the pixel pairs (r, c), (r + round(d sin a), c + round(d cos a))
+    whose levels are i and j, for the angles a of :data:`GLCM_ANGLES`. Level 0 is the
+    "outside" level: a pair leaving the image is counted as a pair with a 0 (the image is
+    framed by zeros), so row and column 0 are not co-occurrences of the image and are
+    dropped by the callers. For levels ≥ 1 the counts are scikit-image's
+    ``graycomatrix(image, distances, GLCM_ANGLES, levels=n_levels)`` summed over its angles
+    (the tests check they agree), from one 2-D histogram (OpenCV) per distance of the
+    image against its four shifted copies, without importing scikit-image in the feature
+    workers.
+    """
+    q = np.ascontiguousarray(levels_image, dtype=np.uint8)
+    h, w = q.shape
+    far = max(distances)
+    framed = np.zeros((h + 2 * far, w + 2 * far), np.uint8)
+    framed[far:far + h, far:far + w] = q
+    first = np.concatenate([q] * len(GLCM_ANGLES))
+    out = np.empty((len(distances), n_levels, n_levels), np.int64)
+    for k, d in enumerate(distances):
+        # Python's round() is half-to-even and C's half-away-from-zero; they differ at .5
+        # only, and d sin a, d cos a are never an exact half here
+        shifts = [(int(round(np.sin(a) * d)), int(round(np.cos(a) * d))) for a in GLCM_ANGLES]
+        second = np.concatenate([framed[far + dr:far + dr + h, far + dc:far + dc + w]
+                                 for dr, dc in shifts])
+        # counts below 2**24 are exact in calcHist's float32
+        out[k] = cv2.calcHist([first, second], [0, 1], None, [n_levels, n_levels],
+                              [0, n_levels, 0, n_levels])
+    return out
+
+
 def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | None:
     # Pixels outside the mask get level 0 and every pair touching level 0 is dropped, so
     # only pairs of two region pixels count. Computed on the region's bounding box.
     # Returns {distance: normalised GLCM}, without distances that have no pair.
-    from skimage.feature import graycomatrix
-
     mask_u8 = np.ascontiguousarray(mask).view(np.uint8)
     if cv2.countNonZero(mask_u8) < MIN_REGION_PIXELS:
         return None
@@ -1281,13 +1349,12 @@ def _masked_glcm(gray: np.ndarray, mask: np.ndarray, distances=(1,)) -> dict | N
     scale = (GLCM_LEVELS - 1e-3) / (hi - lo) if hi - lo > 1e-3 else 0.0
     q = np.clip(1 + (gray - np.float32(lo)) * np.float32(scale), 1, GLCM_LEVELS)
     q = q.astype(np.uint8) * mask_u8
-    p = graycomatrix(q, list(distances), [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4],
-                     levels=GLCM_LEVELS + 1, symmetric=True)[1:, 1:, :, :].sum(axis=-1)
     out = {}
-    for k, d in enumerate(distances):
-        total = p[:, :, k].sum()
+    for d, c in zip(distances, glcm_counts(q, GLCM_LEVELS + 1, distances)):
+        c = c[1:, 1:] + c[1:, 1:].T  # level 0 is outside the region; symmetric
+        total = c.sum()
         if total > 0:
-            out[d] = p[:, :, k] / float(total)
+            out[d] = c / float(total)
     return out or None
 
 

@@ -517,6 +517,39 @@ def test_red_density_correlation_by_hand(monkeypatch):
                                               np.ones((5, 5), bool), 2))
 
 
+def test_glcm_counts_equal_scikit_image():
+    # the counts replace skimage.feature.graycomatrix (summed over its four angles), which
+    # the feature workers no longer import: the same integers for every level >= 1 (0 is
+    # the outside level) on random images of every small shape, number of levels and
+    # distance, including distances longer than the image
+    from skimage.feature import graycomatrix
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = rng.integers(1, 30, 2)
+        levels = int(rng.integers(2, 18))
+        q = rng.integers(0, levels, (h, w)).astype(np.uint8)
+        distances = (1, 2, 4, 7)
+        expected = graycomatrix(q, list(distances), list(F.GLCM_ANGLES), levels=levels).sum(-1)
+        got = F.glcm_counts(q, levels, distances)
+        for k in range(len(distances)):
+            np.testing.assert_array_equal(got[k, 1:, 1:], expected[1:, 1:, k])
+
+
+def test_gaussian_filter_wrap_equals_scipy_to_the_bit():
+    # hairiness's smoothing of a closed outline, without scipy in the workers: the same
+    # bits as scipy.ndimage.gaussian_filter1d(mode="wrap"), kernels longer than the curve too
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n, sigma = int(rng.integers(3, 300)), float(rng.uniform(0.2, 50))
+        v = rng.normal(0, 40, (n, 2)).round()
+        np.testing.assert_array_equal(
+            F.gaussian_filter_wrap(v, sigma),
+            gaussian_filter1d(v, sigma, axis=0, mode="wrap", truncate=3.0))
+
+
 # ------------------------------------------------------------------------ registry
 
 
@@ -529,7 +562,8 @@ def test_registry_consistency():
         doc = inspect.getdoc(feat.func)
         assert doc and len(doc) > 30, f"{name}: {feat.func.__name__} needs a docstring"
     # every public feature function is in the registry
-    helpers = {"compute_features", "find_references", "lower_median", "masked_lower_median"}
+    helpers = {"compute_features", "find_references", "lower_median", "masked_lower_median",
+               "glcm_counts", "gaussian_filter_wrap"}
     public = {f for f in F.__all__ if inspect.isfunction(getattr(F, f))} - helpers
     used = {feat.func.__name__ for feat in REGISTRY.values()}
     assert public <= used, public - used

@@ -481,3 +481,25 @@ def test_train_refuses_a_future_reference_date_before_any_work(synthetic_root, t
                  "--jobs", "1"]) == 1
     assert "in the future" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_score_imports_neither_torch_nor_dask(synthetic_root, trained, tmp_path):
+    # Issue 21, a cold score: skops's import walks scikit-learn's packages, whose array-API
+    # wrappers import torch and dask.array when those extras are installed (seconds); the
+    # score stage keeps them out, and one patient's features run in this process (no
+    # worker start-up). A fresh interpreter, as a user's command would be.
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.csv"
+    code = ("import sys\n"
+            "from pipelines.run.cli import main\n"
+            f"rc = main(['--quiet', 'score', {str(synthetic_root)!r}, '--features', "
+            f"{str(tmp_path / 'f')!r}, '--model', {str(trained / 'm.skops')!r}, '--out', "
+            f"{str(out)!r}])\n"
+            "print(rc, sorted(m for m in ('torch', 'dask') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "0 []", res.stdout
+    assert out.is_file()

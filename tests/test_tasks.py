@@ -74,3 +74,58 @@ def test_an_image_announcing_8000_px_costs_no_memory(synthetic_root, tmp_path):
     statuses, n_pixel = json.loads(proc.stdout.strip().splitlines()[-1])
     assert statuses[0] == "rejected: image 8000x8000 larger than 2048 px"
     assert n_pixel == 1        # only the ordinary image entered the pixel sums
+
+
+def test_feature_workers_import_no_heavy_module(tmp_path):
+    # Issue 21: a feature worker imports what its task runs and nothing else: pandas,
+    # scikit-learn, scipy, scikit-image, matplotlib and the boosters cost start-up time and
+    # resident memory in every worker process (pandas alone about 80 MiB). A fresh
+    # interpreter runs the workers' task on one image, cache written, then read back.
+    import subprocess
+    import sys
+
+    import cv2
+
+    from cellfeat.synthetic import draw_cell, sample_patient
+
+    rng = np.random.default_rng(0)
+    image, _, _ = draw_cell(rng, sample_patient(rng, 1))
+    path = tmp_path / "cell.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pipelines.run.tasks import FeatureSettings, process_patient\n"
+        f"args = ('P', [Path({str(path)!r})], FeatureSettings(), Path({str(tmp_path)!r}))\n"
+        "computed, cached = process_patient(*args), process_patient(*args)\n"
+        "assert computed[0].column('QC_STATUS').to_pylist() == ['ok']\n"
+        "assert cached[0].equals(computed[0])\n"
+        "heavy = ('pandas', 'sklearn', 'scipy', 'skimage', 'matplotlib', 'xgboost', "
+        "'lightgbm', 'torch')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_worker_table_is_the_frame_that_pandas_writes(synthetic_root):
+    # the workers' Arrow table (built without pandas) and compute_patient's DataFrame give
+    # the same Parquet columns, types and values, NaN features and failed images included
+    import pyarrow as pa
+
+    from pipelines.run.tasks import compute_table
+
+    files = sorted(sorted((synthetic_root / "trainset").glob("P*"))[0].glob("*.jpg"))[:3]
+    blobs = [f.read_bytes() for f in files] + [b""]  # "unreadable: empty file"
+    names = [f.name for f in files] + ["bad.jpg"]
+    frame, meta, crops = compute_patient("P", names, blobs, FeatureSettings())
+    table, meta2, crops2 = compute_table("P", names, blobs, FeatureSettings())
+    expected = pa.Table.from_pandas(frame, preserve_index=False)
+    assert table.schema.equals(expected.schema)
+    for name in expected.column_names:
+        assert table.column(name).to_pylist() == expected.column(name).to_pylist(), name
+    assert table.column("QC_DETAIL").null_count == 0
+    assert expected.column("Nucleus_Shape_Area").null_count == 1  # the bad image's NaN
+    assert table.column("Nucleus_Shape_Area").null_count == 1
+    assert meta == meta2 and np.array_equal(crops, crops2)

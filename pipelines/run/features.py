@@ -18,8 +18,8 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import Cohort
-from cellfeat.extract import QC_COLUMN
-from cellfeat.heterogeneity import PIXEL_SCORE
+from cellfeat.measure import QC_COLUMN
+from cellfeat.pixels import PIXEL_SCORE
 
 from .cluster import dask_results, retried_keys
 from ..io import atomic_path, write_csv, write_parquet
@@ -58,10 +58,13 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     else:
         tasks = (delayed(process_patient)(pid, files, settings, cache_dir)
                  for pid, files in patients)
+        # one patient (scoring one new patient) runs here: starting worker processes, each
+        # importing the feature code, would cost more than the patient's own images
+        n_jobs = n_jobs if len(patients) > 1 else 1
         results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
     provenance = {"Diagnostics_Version": cellfeat.__version__,
                   "Diagnostics_SettingsHash": settings.hash}
-    qc_parts, metas, writer = [], [], None
+    qc_columns, metas, writer = {"ID": [], "FILE": [], QC_COLUMN: []}, [], None
     bar = tqdm(total=n_images, unit="img", desc="features", disable=not progress)
     cells_path = out_dir / "cells.parquet"
     with atomic_path(cells_path) as tmp:
@@ -69,16 +72,22 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
         crop_dir.mkdir(exist_ok=True)
         for cells, meta, crops in results:
             save_npy(crop_dir / f"{meta['ID']}.npy", crops)
-            cells = cells.assign(**provenance)
-            table = pa.Table.from_pandas(cells, preserve_index=False)
+            # local tasks hand over Arrow tables (their workers never import pandas); a
+            # Dask task computing from shipped bytes, a DataFrame
+            table = (cells if isinstance(cells, pa.Table)
+                     else pa.Table.from_pandas(cells, preserve_index=False))
+            for name, value in provenance.items():
+                table = table.append_column(name, pa.array([value] * table.num_rows,
+                                                           pa.large_string()))
             if writer is None:
                 schema = table.schema.with_metadata({b"cellfeat": json.dumps(
                     {**provenance, "settings": settings.as_dict()}).encode()})
                 writer = pq.ParquetWriter(tmp, schema)
             writer.write_table(table.cast(writer.schema))
-            qc_parts.append(cells[["ID", "FILE", QC_COLUMN]])
+            for name, values in qc_columns.items():
+                values.extend(table.column(name).to_pylist())
             metas.append(meta)
-            bar.update(len(cells))
+            bar.update(table.num_rows)
         if writer is None:
             pd.DataFrame(columns=CELL_COLUMNS + list(provenance)).to_parquet(tmp, index=False)
         else:
@@ -86,8 +95,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     bar.close()
     elapsed = time.perf_counter() - t0
 
-    qc = pd.concat(qc_parts, ignore_index=True) if qc_parts else pd.DataFrame(
-        columns=["ID", "FILE", QC_COLUMN])
+    qc = pd.DataFrame(qc_columns)
     write_csv(out_dir / "qc.csv", qc, index=False)
     write_csv(out_dir / "issues.csv", cohort.issues, index=False)
     pat = pd.DataFrame(metas, columns=["ID", PIXEL_SCORE, "N_PIXEL_IMAGES"])
@@ -99,6 +107,12 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     if gallery and len(qc):
         from ..report.plots import cell_gallery
 
+        if client is None and n_jobs != 1:
+            # the idle workers would hold their memory while this process draws (the
+            # stage's peak: issue 21); a later parallel step starts new ones
+            from joblib.externals.loky import get_reusable_executor
+
+            get_reusable_executor(reuse=True).shutdown(wait=True)
         cell_gallery(cohort, qc, out_dir / "gallery.png", settings=settings)
     retried = []
     if client is not None:

@@ -13,7 +13,6 @@ import pandas as pd
 
 import cellfeat
 from cellfeat.data import DEFAULT_REFERENCE_DATE, Cohort, load_cohort
-from cellfeat.decision import DECIMALS
 from cellfeat.features import FEATURE_NAMES
 
 from .features import FeatureSettings, run_features
@@ -48,9 +47,10 @@ def _load(args) -> Cohort:
     return cohort
 
 
-def feature_stage(args, cohort: Cohort, sub: str | None = None) -> Path:
+def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = True) -> Path:
     """Run the features stage into the feature folder (or its ``sub`` folder, sharing the
-    folder's per-patient cache) and return where the tables are."""
+    folder's per-patient cache) and return where the tables are; ``gallery``: also draw
+    gallery.png."""
     base = _features_dir(args)
     out = base / sub if sub else base
     settings = FeatureSettings(method=args.method)
@@ -63,7 +63,7 @@ def feature_stage(args, cohort: Cohort, sub: str | None = None) -> Path:
         _log(f"features: on Dask scheduler {args.scheduler} ({workers} workers, "
              f"{args.dask_mode} mode); dashboard: {client.dashboard_link or 'none'}")
     try:
-        res = run_features(cohort, out, settings=settings, n_jobs=args.jobs,
+        res = run_features(cohort, out, settings=settings, n_jobs=args.jobs, gallery=gallery,
                            progress=not args.quiet, client=client,
                            dask_mode=getattr(args, "dask_mode", "shared"),
                            cache_dir=base / "cache")
@@ -75,7 +75,7 @@ def feature_stage(args, cohort: Cohort, sub: str | None = None) -> Path:
          f"{res['seconds']:.1f} s ({res['images_per_s']:.0f} img/s): {by}")
     if res["retried"]:
         _log(f"  re-run after a worker was lost or a task failed: {', '.join(res['retried'])}")
-    _log(f"  wrote {out}/cells.parquet, qc.csv, issues.csv, gallery.png")
+    _log(f"  wrote {out}/cells.parquet, qc.csv, issues.csv" + (", gallery.png" if gallery else ""))
     return out
 
 
@@ -120,6 +120,7 @@ def stage_train(args):
     from tqdm.auto import tqdm
 
     from cellfeat.cnn import torch_available
+    from cellfeat.decision import DECIMALS
     from cellfeat.evaluation import nested_cv
     from cellfeat.mil import MISVM
     from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, DEFAULT_CANDIDATES, FALLBACKS,
@@ -316,7 +317,38 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
     return out.reset_index(drop=True)
 
 
+def _import_skops_lean():
+    """Import ``skops.io`` without importing torch and dask (seconds of a cold start).
+
+    skops lists scikit-learn's estimators when it is imported, and the package walk behind
+    that imports every sub-package, the array-API wrappers of torch and dask included,
+    which import torch and dask.array whenever they are installed (the ``cnn`` and
+    ``dask`` extras). Empty placeholders stand in for those wrappers during the import and
+    are removed after it; a bundle holding the CNN expert imports torch itself."""
+    import sys
+    import types
+
+    names = [f"sklearn.externals.array_api_compat.{lib}" for lib in ("torch", "dask", "cupy")]
+    if "skops.io" in sys.modules or any(n in sys.modules for n in names):
+        return
+    for name in names:
+        sys.modules[name] = types.ModuleType(name)
+        sys.modules[name].__path__ = []  # a package with no sub-modules for the walk
+    try:
+        import skops.io  # noqa: F401
+    finally:
+        parent = sys.modules.get(names[0].rsplit(".", 1)[0])
+        for name in names:
+            placeholder = sys.modules.pop(name)
+            # nor left as an attribute of its package: a later import finds the real one
+            if getattr(parent, name.rsplit(".", 1)[1], None) is placeholder:
+                delattr(parent, name.rsplit(".", 1)[1])
+
+
 def stage_score(args):
+    from cellfeat.decision import DECIMALS
+
+    _import_skops_lean()
     from ..bundle import load_bundle
     from ..report.plots import patient_montages
 
@@ -351,7 +383,9 @@ def stage_score(args):
              f"{args.reference_date}, every age is off by as much: pass --reference-date")
     # the scored patients' tables go beside the training ones, not over them; the
     # per-patient cache is shared, so a patient seen at training is not recomputed
-    feat_dir = feature_stage(args, cohort, sub="scored")
+    # no gallery: the montages and the page below show the scored cells, patient by patient
+    # (drawing it was most of the time of scoring one patient)
+    feat_dir = feature_stage(args, cohort, sub="scored", gallery=False)
     frame = load_frame(cohort, feat_dir)
     zone = meta.get("zone") or {}
     pred = score_frame(models, frame, zone_limit=zone.get("limit"),

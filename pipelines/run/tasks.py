@@ -5,6 +5,10 @@ cluster, :mod:`pipelines.run.cluster`) and of the pixel-space heterogeneity scor
 patient's result is cached under ``FEATURES/cache`` by a hash of its image bytes and the
 settings. This module imports neither :mod:`pipelines.run.features` (the stage, which runs
 these tasks) nor :mod:`pipelines.run.cluster`, so both can import it.
+
+The task that worker processes run (:func:`process_patient`) hands its cells over as an
+Arrow table and never imports pandas (about 80 MiB resident in every worker, issue 21);
+:func:`compute_patient` and :func:`cache_load` give the same cells as a DataFrame.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cellfeat.data import ImageReadError, decode_image
-from cellfeat.extract import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
-from cellfeat.heterogeneity import PIXEL_SCORE, PixelSums
+from cellfeat.measure import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
+from cellfeat.pixels import PIXEL_SCORE, PixelSums
 
 from ..io import atomic_path, settings_hash
 
 __all__ = ["FeatureSettings", "CELL_COLUMNS", "read_blobs", "patient_key",
-           "save_npy", "cache_load", "cache_store", "compute_patient", "read_patient",
-           "process_patient"]
+           "save_npy", "cache_load", "cache_store", "compute_patient", "compute_table",
+           "read_patient", "process_patient"]
 
 CELL_COLUMNS = ["ID", "FILE", QC_COLUMN, DETAIL_COLUMN, *FEATURE_NAMES]
 
@@ -75,39 +78,100 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-def cache_load(cache_dir: Path | None, key: str):
-    """The cached ``(cells, meta, crops)`` for ``key``, or None. The .json is written last:
-    its presence means the files beside it are complete; a damaged entry is recomputed."""
+def _cache_load(cache_dir: Path | None, key: str, read_cells):
+    # (cells as read_cells reads the .parquet, meta, crops) for key, or None. The .json is
+    # written last: its presence means the files beside it are complete; a damaged entry
+    # is recomputed.
+    import pyarrow as pa
+
     if cache_dir is None or not (cache_dir / f"{key}.json").exists():
         return None
     try:
-        return (pd.read_parquet(cache_dir / f"{key}.parquet"),
+        return (read_cells(cache_dir / f"{key}.parquet"),
                 json.loads((cache_dir / f"{key}.json").read_text()),
                 np.load(cache_dir / f"{key}.npy", allow_pickle=False))
-    except (OSError, ValueError):
+    except (OSError, ValueError, pa.ArrowException):
         return None
 
 
-def cache_store(cache_dir: Path | None, key: str, cells: pd.DataFrame, meta: dict,
+def cache_load(cache_dir: Path | None, key: str):
+    """The cached ``(cells, meta, crops)`` for ``key`` (cells a DataFrame), or None."""
+    import pandas as pd
+
+    return _cache_load(cache_dir, key, pd.read_parquet)
+
+
+def cache_store(cache_dir: Path | None, key: str, cells, meta: dict,
                 crops: np.ndarray) -> None:
+    """Store one patient's result; ``cells`` an Arrow table or a DataFrame."""
+    import pyarrow.parquet as pq
+
     if cache_dir is None:
         return
     with atomic_path(cache_dir / f"{key}.parquet") as tmp:
-        cells.to_parquet(tmp, index=False)
+        if hasattr(cells, "to_parquet"):
+            cells.to_parquet(tmp, index=False)
+        else:
+            pq.write_table(cells, tmp)
     save_npy(cache_dir / f"{key}.npy", crops)
     with atomic_path(cache_dir / f"{key}.json") as tmp:
         tmp.write_text(json.dumps(meta))
 
 
+
 def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
     """Features of one patient's images from their bytes (no file access: a task that can
-    run anywhere)."""
-    import cv2
+    run anywhere): ``(cells, meta, crops)``, cells a DataFrame of :data:`CELL_COLUMNS`."""
+    import pandas as pd
 
-    # One OpenCV thread per task: the work is many small calls, where OpenCV's thread pool
-    # costs more than it saves (segmentation 1.03 -> 0.82 ms/image measured on dev images),
-    # and parallelism comes from running tasks side by side.
+    rows, meta, crops = _measure_patient(pid, names, blobs, settings)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS), meta, crops
+
+
+def compute_table(pid: str, names, blobs, settings: FeatureSettings):
+    """:func:`compute_patient` with the cells as an Arrow table (the same columns, types
+    and values as the DataFrame's Parquet file), without importing pandas."""
+    import pyarrow as pa
+
+    rows, meta, crops = _measure_patient(pid, names, blobs, settings)
+    # built from buffers: pyarrow.array() imports pandas to inspect its input
+    columns = {}
+    for c in CELL_COLUMNS:
+        values = [r[c] for r in rows]
+        if c in _TEXT_COLUMNS:  # large_string, as pandas's str columns become
+            data = [str(v).encode() for v in values]
+            offsets = np.zeros(len(data) + 1, np.int64)
+            np.cumsum([len(d) for d in data], out=offsets[1:])
+            columns[c] = pa.Array.from_buffers(pa.large_string(), len(data), [
+                None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+        else:  # float64, NaN stored as null, as pandas writes it
+            v = np.asarray(values, np.float64)
+            valid = np.packbits(~np.isnan(v), bitorder="little")
+            columns[c] = pa.Array.from_buffers(pa.float64(), len(v), [
+                pa.py_buffer(valid), pa.py_buffer(v)])
+    return pa.table(columns), meta, crops
+
+
+_TEXT_COLUMNS = frozenset(CELL_COLUMNS[:4])
+
+
+def _measure_patient(pid: str, names, blobs, settings: FeatureSettings):
+    # (one dict per image, the patient's meta, crops): what both forms of the cells hold
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    # One OpenCV thread and one BLAS thread per task: the work is many small calls, where a
+    # thread pool costs more than it saves (OpenCV: segmentation 1.03 -> 0.82 ms/image;
+    # BLAS: features 2.4 -> 1.7 ms/image on dev images, in one process with the other core
+    # busy), and parallelism comes from running tasks side by side. Worker processes get
+    # one BLAS thread from joblib already; this also holds when a patient is computed in
+    # the calling process (scoring one patient) or on a Dask worker.
     cv2.setNumThreads(1)
+    with threadpool_limits(1, user_api="blas"):
+        return _measure_images(pid, names, blobs, settings)
+
+
+def _measure_images(pid: str, names, blobs, settings: FeatureSettings):
     rows, pixels = [], PixelSums()
     crops = np.zeros((len(names), settings.crop_size, settings.crop_size, 3), np.uint8)
     for j, (name, b) in enumerate(zip(names, blobs)):
@@ -126,29 +190,44 @@ def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
                 # every decodable image, as pixel_dispersion(decoded images) would take it
                 pixels.add(image)
         rows.append({"ID": pid, "FILE": str(name), **row})
-    cells = pd.DataFrame(rows, columns=CELL_COLUMNS)
     meta = {"ID": pid, PIXEL_SCORE: pixels.value() if pixels.n else None,
             "N_PIXEL_IMAGES": pixels.n}
-    return cells, meta, crops
+    return rows, meta, crops
 
 
-def read_patient(pid: str, files, settings: FeatureSettings, cache_dir: Path | None):
+def read_patient(pid: str, files, settings: FeatureSettings, cache_dir: Path | None, *,
+                 table: bool = False):
     """Read one patient's files and look its work up in the cache.
 
-    Returns ``(key, names, blobs, hit)``; ``hit`` is the cached result or None.
+    Returns ``(key, names, blobs, hit)``; ``hit`` is the cached result (cells a DataFrame,
+    or an Arrow table with ``table``) or None.
     """
     names = [Path(f).name for f in files]
     blobs = read_blobs(files)
     key = patient_key(pid, names, blobs, settings)
-    return key, names, blobs, cache_load(cache_dir, key)
+    if table:
+        hit = _cache_load(cache_dir, key, _read_table)
+    else:
+        hit = cache_load(cache_dir, key)
+    return key, names, blobs, hit
+
+
+def _read_table(path):
+    # ParquetFile.read, not pyarrow.parquet.read_table, which imports pandas (the workers'
+    # hits of the cache never need it)
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        return f.read()
 
 
 def process_patient(pid: str, files: list[Path], settings: FeatureSettings,
-                    cache_dir: Path | None) -> tuple[pd.DataFrame, dict, np.ndarray]:
-    """Read, check the cache, compute, store: the task of the local and shared-path runs."""
-    key, names, blobs, hit = read_patient(pid, files, settings, cache_dir)
+                    cache_dir: Path | None):
+    """Read, check the cache, compute, store: the task of the local and shared-path runs.
+    Returns ``(cells as an Arrow table, meta, crops)``."""
+    key, names, blobs, hit = read_patient(pid, files, settings, cache_dir, table=True)
     if hit is not None:
         return hit
-    cells, meta, crops = compute_patient(pid, names, blobs, settings)
+    cells, meta, crops = compute_table(pid, names, blobs, settings)
     cache_store(cache_dir, key, cells, meta, crops)
     return cells, meta, crops
