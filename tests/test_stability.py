@@ -76,3 +76,92 @@ def test_identity_shift_reproduces_feature_stage(two_images, tmp_path):
     _, w = stability.shifted_patient("P1", two_images, settings, (warm,), tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 2
     assert not w["warm"][0].equals(cells)
+
+
+# ------------------------------------------------------------------ cellfeat.stability
+
+from cellfeat import stability as cs  # noqa: E402
+
+
+def test_sample_is_a_fixed_rule_on_names_only():
+    names = [f"{i:06d}.jpg" for i in range(40)]
+    pos = cs.sample_images("P7", names, 8, seed=0)
+    assert len(pos) == 8 and pos == sorted(pos) and len(set(pos)) == 8
+    # the listing order does not matter: the same files are kept
+    rev = names[::-1]
+    assert {rev[i] for i in cs.sample_images("P7", rev, 8, seed=0)} == {names[i] for i in pos}
+    # another seed or another patient draws another sample; fewer images than k: all
+    assert cs.sample_images("P7", names, 8, seed=1) != pos
+    assert cs.sample_images("P8", names, 8, seed=0) != pos
+    assert cs.sample_images("P7", names[:5], 8) == [0, 1, 2, 3, 4]
+    # one more image changes the sample by at most that image
+    more = cs.sample_images("P7", names + ["extra.jpg"], 8, seed=0)
+    assert len({names[i] for i in pos} - {(names + ["extra.jpg"])[i] for i in more}) <= 1
+    with pytest.raises(ValueError):
+        cs.sample_images("P7", names, 0)
+
+
+def test_bag_drift_pairs_cells_usable_both_ways():
+    a = pd.DataFrame({"QC_STATUS": ["ok", "ok", "ok", "no_nucleus"],
+                      "F": [1.0, 2.0, np.nan, 5.0], "G": [0.0, 0.0, 0.0, 0.0]})
+    b = pd.DataFrame({"QC_STATUS": ["ok", "ok", "ok", "ok"],
+                      "F": [2.0, 4.0, 7.0, 100.0], "G": [1.0, 1.0, 1.0, 1.0]})
+    d = cs.bag_drift(a, b, ["F", "G"])
+    # F: cells 0 and 1 (cell 2 has no original value, cell 3 was not usable): (1 + 2) / 2
+    assert d["F"] == 1.5
+    assert d["G"] == 1.0  # cells 0, 1, 2
+    assert cs.bag_drift(a.iloc[:0], b.iloc[:0], ["F"]).isna().all()
+    with pytest.raises(ValueError):
+        cs.bag_drift(a, b.iloc[:2], ["F"])
+
+
+def test_transferred_bag_mean_is_original_mean_plus_sample_drift():
+    rng = np.random.default_rng(0)
+    cells = pd.DataFrame({"QC_STATUS": ["ok"] * 10, "F": rng.normal(size=10)})
+    pos = [2, 5, 7]
+    shifted = cells.iloc[pos].reset_index(drop=True).copy()
+    shifted["F"] += [0.5, 1.0, 1.5]  # per-cell moves of mean 1.0
+    drift = cs.bag_drift(cells.iloc[pos].reset_index(drop=True), shifted, ["F"])
+    assert drift["F"] == pytest.approx(1.0)
+    out = cs.transferred_bag(cells, drift, pos, shifted)
+    assert out["F"].mean() == pytest.approx(cells["F"].mean() + 1.0)
+    assert out["F"].iloc[pos].tolist() == shifted["F"].tolist()  # the measured rows
+    others = [i for i in range(10) if i not in pos]
+    np.testing.assert_allclose(out["F"].iloc[others], cells["F"].iloc[others] + 1.0)
+    assert cells["F"].iloc[0] == pytest.approx(out["F"].iloc[0] - 1.0)  # input left as it was
+    # a sampled cell that fails QC under the shift keeps its shifted status
+    shifted.loc[0, "QC_STATUS"] = "no_nucleus"
+    assert cs.transferred_bag(cells, drift, pos, shifted)["QC_STATUS"].iloc[2] == "no_nucleus"
+
+
+def test_icc_of_an_offset_matches_its_formula():
+    a = np.random.default_rng(1).normal(size=20_000)
+    assert cs.icc_agreement(a, a) == 1.0
+    # two raters, offset d subject-SDs, no noise: ICC = 2 s^2 / (2 s^2 + d^2) -> 1 / (1 + d^2/2)
+    for d in (0.25, 1.0):
+        assert cs.icc_agreement(a, a + d * a.std(ddof=1)) == pytest.approx(1 / (1 + d**2 / 2),
+                                                                            abs=1e-3)
+    # noise as large as the spread between subjects: rows x = (a, a + e), MS_R = 2 var(a + e/2)
+    # = 2.5, MS_E = E[(e/2)^2] * 2 = 0.5, MS_C ~ 0: ICC = (2.5 - 0.5) / (2.5 + 0.5) = 2/3
+    noisy = a + np.random.default_rng(2).normal(size=a.size)
+    assert cs.icc_agreement(a, noisy) == pytest.approx(2 / 3, abs=0.02)
+    assert np.isnan(cs.icc_agreement([1.0], [1.0]))
+
+
+def test_feature_stability_applies_the_bar_to_the_worst_shift():
+    rng = np.random.default_rng(3)
+    n = 400
+    means = pd.DataFrame({"steady": rng.normal(0, 2, n), "moved": rng.normal(0, 2, n),
+                          "flat": np.ones(n)})
+    small = pd.DataFrame({"steady": 0.2, "moved": 0.2, "flat": 0.0}, index=means.index)
+    big = pd.DataFrame({"steady": -0.4, "moved": 1.2, "flat": 0.0}, index=means.index)
+    t = cs.feature_stability(means, {"a": small, "b": big})
+    # drifts in SD units: steady 0.1 and -0.2, moved 0.1 and 0.6 (SD 2, to sampling error)
+    assert t.loc["steady", "drift_b"] == pytest.approx(-0.2, abs=0.02)
+    assert t.loc["moved", "max_abs_drift"] == pytest.approx(0.6, abs=0.05)
+    assert t["stable"].to_dict() == {"steady": True, "moved": False, "flat": False}
+    assert t.loc["steady", "min_icc"] == pytest.approx(1 / (1 + 0.2**2 / 2), abs=0.01)
+    assert cs.stable_features(t) == ["steady"]
+    # the bar is what decides: a looser one lets the moved feature in
+    assert cs.stable_features(cs.feature_stability(means, {"a": small, "b": big}, bar=0.7)) \
+        == ["steady", "moved"]
