@@ -171,7 +171,8 @@ def bag_drift(original: pd.DataFrame, shifted: pd.DataFrame, features) -> pd.Ser
 
 
 def transferred_bag(cells: pd.DataFrame, drift: pd.Series, positions=(),
-                    shifted_rows: pd.DataFrame | None = None) -> pd.DataFrame:
+                    shifted_rows: pd.DataFrame | None = None,
+                    residuals: pd.DataFrame | None = None, seed=0) -> pd.DataFrame:
     """A patient's whole bag under a shift, estimated from its sample.
 
     Every cell keeps its QC status and has each feature f moved by ``drift[f]`` (NaN drift:
@@ -180,6 +181,12 @@ def transferred_bag(cells: pd.DataFrame, drift: pd.Series, positions=(),
     every sampled cell usable both ways, the mean of the result is the original mean plus
     that drift; with :func:`shrunk_drifts`, the unsampled cells move by the patient's
     estimated systematic drift and the sampled ones by what was measured.
+
+    A shift also moves each cell a little differently (its segmentation, its texture), which
+    spreads the bag: with ``residuals`` (the sampled cells' deltas minus their mean, one row
+    per cell, :func:`cell_deltas`), every unsampled cell also gets one of these rows, drawn
+    with replacement (``seed``), so that spread and quantiles move as in a shifted bag and
+    the mean carries the noise of a whole bag (σ/√n), not of the sample (σ/√k).
 
     Examples
     --------
@@ -204,6 +211,12 @@ def transferred_bag(cells: pd.DataFrame, drift: pd.Series, positions=(),
             col.iloc[positions] = shifted_rows[c].to_numpy()
         others[c] = col
     values = cells[cols].to_numpy(float) + d
+    if residuals is not None and len(residuals):
+        r = residuals.reindex(columns=cols).to_numpy(float)
+        r = np.where(np.isfinite(r), r, 0.0)
+        rest = np.setdiff1d(np.arange(len(cells)), positions)
+        pick = np.random.default_rng(seed).integers(0, len(r), size=len(rest))
+        values[rest] += r[pick]
     if positions:
         values[positions] = shifted_rows[cols].to_numpy(float)
     # built from two blocks, not column by column: a fragmented table makes every later
