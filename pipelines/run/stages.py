@@ -299,6 +299,7 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
     ``PROBA_LOW``-``PROBA_HIGH`` is that stability interval, ``STABLE`` is ``no`` where it
     straddles the threshold, and such a patient goes to cytometry (``TRIAGE``) with a
     STATUS that says why. Without it (older bundles) the three columns are empty."""
+    from cellfeat.decision import DECIMALS
     from cellfeat.models import routed_calls
     from cellfeat.models.routing import REQUIRED_CLINICAL, usable_cells
     from cellfeat.zone import zone_names
