@@ -58,3 +58,21 @@ def test_copies_shrink_what_the_shift_moves():
     move = lambda m: np.abs(m.predict_proba(_shifted(frame, 0.15))[:, 1]  # noqa: E731
                             - m.predict_proba(frame)[:, 1]).mean()
     assert move(aug) < move(plain)
+
+
+def test_without_copies_keeps_every_call_to_the_bit():
+    """The saved model drops the wrapper (pipelines.run.stages.stage_train): its calls must be
+    those of the model trained with copies, and no ColourAugmented may remain to be saved."""
+    from cellfeat.decision import CalibratedDecision
+    from cellfeat.models.invariance import without_copies
+
+    frame, y = _cohort()
+    X = with_copies(frame, {"a": _shifted(frame, 0.2)})
+    m = CalibratedDecision(ColourAugmented(make_pipeline("mean-ridge", calibrated=False)),
+                           cv=3, repeats=1).fit(X, y)
+    before = m.predict_proba(frame)
+    fitted_candidate = m.estimator_.estimator_
+    without_copies(m)
+    assert m.estimator_ is fitted_candidate
+    assert not isinstance(m.estimator, ColourAugmented)
+    np.testing.assert_array_equal(m.predict_proba(frame), before)

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..heterogeneity import PIXEL_SCORE
 
-__all__ = ["COPIES", "ColourAugmented", "with_copies"]
+__all__ = ["COPIES", "ColourAugmented", "with_copies", "without_copies"]
 
 #: The cohort-frame column holding each patient's colour-shifted copies: a tuple of
 #: ``(cells, pixel score)`` pairs, one per shift (empty for a patient without any).
@@ -92,3 +92,18 @@ class ColourAugmented(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def without_copies(model):
+    """``model`` (a :class:`~cellfeat.decision.CalibratedDecision`) with every
+    :class:`ColourAugmented` layer replaced by the candidate it fitted, in place; returned.
+
+    Prediction never used the copies (:meth:`ColourAugmented.predict_proba` is its fitted
+    candidate's), so the calls are the same to the bit, and a saved model holds only the
+    estimator types of one fitted without copies.
+    """
+    if isinstance(getattr(model, "estimator_", None), ColourAugmented):
+        model.estimator_ = model.estimator_.estimator_
+    if isinstance(getattr(model, "estimator", None), ColourAugmented):
+        model.estimator = model.estimator.estimator
+    return model

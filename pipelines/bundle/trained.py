@@ -751,7 +751,8 @@ def _m_colour_stability(v, where):
                "sample": _m_record({"k": _m_int(1, 100_000), "seed": _m_int(0, 2**32 - 1),
                                     "rule": _m_text, "images": _m_int()}),
                "features": _m_names, "dropped": _m_names, "drift": _m_drifts,
-               "margin_logit": _m_number(0, 100), "margin_quantile": _m_unit})(v, where)
+               "margin_logit": _m_number(0, 100), "margin_quantile": _m_unit,
+               "copies": _m_record({"k": _m_int(0, 100), "seed": _m_int(0, 2**32 - 1)})})(v, where)
     known = {*FEATURE_NAMES, PIXEL_SCORE}
     for key in ("features", "dropped"):
         unknown = sorted(set(v.get(key, [])) - known)

@@ -132,7 +132,9 @@ def stage_train(args):
     from ..report.explain import reference_distributions
     from ..report.html import write_train_report
     from ..report.markdown import RULE, first_screen, write_report
-    from .stability import bundle_entry, colour_sample
+    from cellfeat.models.invariance import ColourAugmented, without_copies
+
+    from .stability import AUGMENT_COPIES, AUGMENT_SEED, bundle_entry, colour_copies, colour_sample
     from .stability import stage_hook as colour_stability
 
     _check_outputs(args, ("--model", args.model, "bundle"),
@@ -185,7 +187,15 @@ def stage_train(args):
     if not kept:
         raise StageError(f"{args.data}: no cell feature passes the colour-stability bar; see "
                          f"the drift table that `python -m pipelines.bench.colour` prints")
+    # ... and each image candidate also learns from colour-shifted copies of its training
+    # patients (random shifts, not the panel's), judged by the flips they remove
+    t0 = time.perf_counter()
+    fit_frame = colour_copies(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    _log(f"  colour copies: {AUGMENT_COPIES} randomly shifted copies of every training "
+         f"patient, estimated from the same sample, in {time.perf_counter() - t0:.0f} s")
     candidates = [(n, make_pipeline(n, calibrated=False, features=kept)) for n in order]
+    candidates = [(n, est if n == COMPARATOR else ColourAugmented(est))
+                  for n, est in candidates]
     inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
     try:
         from cellfeat.evaluation import check_cohort_size
@@ -204,19 +214,22 @@ def stage_train(args):
                disable=args.quiet)
     rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target)
     with threadpool_limits(1):  # BLAS threads fight joblib's workers on small problems
-        res = nested_cv(candidates, lab, y, folds=args.folds, repeats=args.repeats,
+        res = nested_cv(candidates, fit_frame, y, folds=args.folds, repeats=args.repeats,
                         inner_folds=inner[0], inner_repeats=inner[1], seed=args.seed,
                         n_jobs=args.jobs, callback=bar.update, **rule_args)
         bar.close()
         _log(f"  nested CV took {time.perf_counter() - t0:.0f} s; fitting the rule on all "
              f"{len(y)} patients ...")
         rule = ModelChoice(candidates, cv=inner[0], repeats=inner[1], random_state=args.seed,
-                           **rule_args).fit(lab, y)
+                           **rule_args).fit(fit_frame, y)
         explainer = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
     summary = res.summary()
     chosen, final = rule.chosen_, rule.model_
     gain = res.versus("nested", COMPARATOR)
     gain_auc = {k: gain[k] for k in ("auc_delta", "auc_ci95")}
+    # the saved models are the fitted candidates without the copies' wrapper (same calls)
+    for m in rule.models_.values():
+        without_copies(m)
     fallbacks = {k: m for k, m in rule.routes_.items() if k != "main"}
     in_zone_now = in_zone(lab["LYMPH_COUNT"], rule.zone_limit_)
     zone = {"rule": ZONE_RULE, "limit": rule.zone_limit_,
@@ -252,8 +265,9 @@ def stage_train(args):
     }
     report_dir = args.report or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
     # issues 14, 22: out-of-fold flips of the chosen candidate; its interval margin is saved
-    stab = colour_stability(check, lab, y, chosen, report_dir, args, log=_log)
+    stab = colour_stability(check, fit_frame, y, chosen, report_dir, args, log=_log)
     meta["colour_stability"] = bundle_entry(check, stab["margin_logit"])
+    meta["colour_stability"]["copies"] = {"k": AUGMENT_COPIES, "seed": AUGMENT_SEED}
     model_bundle = {"main": final, "explainer": explainer, **fallbacks}
     meta["reference"] = reference_distributions(lab, y)  # for the HTML report
     save_bundle(args.model, pipeline=model_bundle, meta=meta)
