@@ -116,6 +116,40 @@ def test_train_writes_bundle_and_report(trained):
         assert (trained / "report" / f).exists()
 
 
+def test_train_screens_the_inputs_by_colour_stability(trained):
+    """Issue 22: the inputs that pass the bar are in the bundle and are what its models use;
+    the report shows the per-feature table and the flips with and without the screen."""
+    import json
+
+    from cellfeat.features import FEATURE_NAMES
+    from cellfeat.stability import STABILITY_BAR
+    from pipelines.bundle import load_bundle
+
+    models, meta = load_bundle(trained / "m.skops")
+    c = meta["colour_stability"]
+    assert c["bar"] == STABILITY_BAR and c["sample"]["k"] >= 1 and c["features"]
+    assert set(FEATURE_NAMES) <= set(c["features"]) | set(c["dropped"])
+    assert not set(c["features"]) & set(c["dropped"])
+    assert set(c["drift"]) == {"warm-wb", "blue-dark-stain", "cool-wb", "pale-pink-stain",
+                               "jpeg-70"}
+    # every image model of the bundle was built on exactly the screened list
+    for route in ("main", "image"):
+        lists = [v for k, v in models[route].get_params(deep=True).items()
+                 if k.endswith("__features") and isinstance(v, (list, tuple))]
+        assert lists and all(list(v) == c["features"] for v in lists)
+    res = json.loads((trained / "report" / "stability.json").read_text())
+    table = pd.read_csv(trained / "report" / "feature_stability.csv", index_col=0)
+    assert set(FEATURE_NAMES) <= set(table.index)
+    assert sorted(table.index[table["stable"]]) == sorted(c["features"])
+    assert (table.loc[table["stable"], "max_abs_drift"] <= c["bar"]).all()
+    assert {"overall", "shifts", "all_features", "interval"} <= set(res)
+    readme = (trained / "report" / "README.md").read_text()
+    assert "### Which features survive another lab's colours" in readme
+    assert "every cell feature as input (no screen)" in readme
+    m = json.loads((trained / "report" / "metrics.json").read_text())
+    assert m["colour_stability"]["features"] == c["features"]
+
+
 def test_train_report_has_the_univariate_signal_of_every_feature(trained):
     # issue 12: each cell feature's patient mean and SD, plus the bag features, in the table
     from cellfeat.features import FEATURE_NAMES
@@ -140,7 +174,7 @@ def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
     cohort = load_cohort(synthetic_root)
     assert sorted(pred["ID"]) == sorted(cohort.unlabelled)
     assert {"ID", "LABEL", "PROBA", "N_CELLS", "N_CELLS_USED", "STATUS"} <= set(pred.columns)
-    assert pred["PROBA"].between(0, 1).all() and (pred["STATUS"] == "ok").all()
+    assert pred["PROBA"].between(0, 1).all() and pred["STATUS"].str.startswith("ok").all()
     # one probability, explicit thresholds: the call and the triage are read off PROBA
     from pipelines.bundle import load_bundle
 
@@ -152,7 +186,13 @@ def test_score_is_complete_and_deterministic(synthetic_root, trained, tmp_path):
     assert (pred["LABEL"] == (pred["PROBA"] >= pred["THRESHOLD"]).astype(int)).all()
     tri = meta["decision"]["triage_threshold"]
     assert tri <= meta["decision"]["threshold"]
-    assert (pred["TRIAGE"] == np.where(pred["PROBA"] >= tri, "cytometry", "none")).all()
+    # issue 22: a call that a shift of the panel's size could move goes to cytometry too
+    assert set(pred["STABLE"]) <= {"yes", "no"}
+    assert (pred["PROBA_LOW"] <= pred["PROBA"]).all() and (pred["PROBA"] <= pred["PROBA_HIGH"]).all()
+    unstable = (pred["STABLE"] == "no").to_numpy()
+    assert (pred["TRIAGE"] == np.where((pred["PROBA"] >= tri) | unstable, "cytometry",
+                                       "none")).all()
+    assert (pred["STATUS"].str.contains("near the threshold") == unstable).all()
     limit = meta["zone"]["limit"]
     counts = cohort.clinical.loc[pred["ID"], "LYMPH_COUNT"].to_numpy()
     assert (pred["ZONE"] == np.where(counts <= limit, "overlap", "count")).all()
@@ -388,7 +428,8 @@ def test_score_warns_when_dobs_are_past_the_reference_date(altered, trained, tmp
     err = capsys.readouterr().err
     assert "1 patient(s) born after 2020-01-01" in err and df.loc[0, "ID"] in err
     pred = pd.read_csv(tmp_path / "p.csv").set_index("ID")
-    assert pred.loc[df.loc[0, "ID"], "STATUS"] == "image only: missing AGE"
+    # (a call near its threshold also says so: "; near the threshold: ...")
+    assert pred.loc[df.loc[0, "ID"], "STATUS"].split(";")[0] == "image only: missing AGE"
 
 
 # --- issue 20: what train writes is what a bundle may hold; hostile and ordinary inputs ---

@@ -106,3 +106,20 @@ def test_meta_unknown_key_is_named():
 def test_meta_subsets_pass_as_earlier_bundles_wrote_them():
     check_meta({"cell_features": []})
     check_meta({"reference_date": "2020-01-01", "decision": {"threshold": 0.5}})
+
+
+@pytest.mark.parametrize("meta, named", [
+    ({"feature_settings": {"method": "bogus"}}, "meta.feature_settings.method"),
+    ({"feature_settings": {"channel": "infrared"}}, "meta.feature_settings.channel"),
+    ({"chosen": "nope"}, "meta.chosen"),
+    ({"reference_date": "20-1-1"}, "meta.reference_date"),
+    ({"colour_stability": {"features": ["Not_A_Feature"]}}, "meta.colour_stability.features"),
+    ({"colour_stability": {"drift": {"cool-wb": {"Nucleus_Shape_Area": float("nan")}}}},
+     "meta.colour_stability.drift"),
+])
+def test_settings_outside_the_known_values_are_refused(meta, named):
+    """Issue 20: settings are among the values cellfeat knows (segmentation methods and
+    channels of cellfeat.segment, the candidates, an ISO date); issue 22: the colour entry
+    holds known inputs and finite drifts, which score adds to a patient's features."""
+    with pytest.raises(NotTrained, match=named.replace(".", r"\.")):
+        check_meta(meta)

@@ -73,6 +73,11 @@ class CellBagFeatures(TransformerMixin, BaseEstimator):
         Bag statistics of each cell feature (see :class:`BagAggregator`).
     features : list of str, optional
         The cell features to aggregate (default: every numeric column of the cell tables).
+        The pixel-dispersion score (``Bag_Heterogeneity_PixelDispersion``, a patient-level
+        column of the frame, not a cell feature) enters with the heterogeneity scores when
+        the frame has it and ``features`` is None or names it: a list of the inputs that
+        pass the colour-stability screen (:mod:`cellfeat.stability`) leaves it out unless
+        it passed.
     acquisition : bool, default=False
         Also output ``Bag_NCells`` and ``Bag_QCFailedShare``: how many images the analyser
         saved for the patient and the share that segmentation rejected. They describe the
@@ -90,7 +95,9 @@ class CellBagFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         cells = long_cells(X) if self.heterogeneity else first_cells(X)
-        features = None if self.features is None else list(self.features)
+        features = (None if self.features is None else
+                    [f for f in self.features if f != PIXEL_SCORE])
+        pixel = self.features is None or PIXEL_SCORE in self.features
         self.aggregator_ = BagAggregator(stats=self.stats, features=features).fit(cells)
         if self.heterogeneity:
             ok = cells[cells[QC_COLUMN] == "ok"]
@@ -99,7 +106,7 @@ class CellBagFeatures(TransformerMixin, BaseEstimator):
                        if self.acquisition or n not in ACQUISITION_NAMES]
         if self.heterogeneity:
             self.names_ += list(self.scores_.get_feature_names_out())
-            if PIXEL_SCORE in X:
+            if PIXEL_SCORE in X and pixel:
                 self.names_.append(PIXEL_SCORE)
         return self
 

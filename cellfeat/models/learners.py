@@ -15,6 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..heterogeneity import PIXEL_SCORE
 from ..mil import MISVM
 from .celltype import CellTypeScore
 from .inputs import CLINICAL_NAMES, CellBagFeatures, ClinicalFeatures, MILFeatures, ZoneMeans
@@ -138,8 +139,9 @@ def input_union(inputs: str, features=None):
                                               features=features)))
     if "zonemean" in tokens:
         parts.append(("zonemean", ZoneMeans(features=features)))
-    if "celltype" in tokens:
-        parts.append(("celltype", CellTypeScore(features=features)))
+    if "celltype" in tokens:  # cell features only: the pixel score is a patient's
+        cell = None if features is None else [f for f in features if f != PIXEL_SCORE]
+        parts.append(("celltype", CellTypeScore(features=cell)))
     if "meanstd" in tokens:
         parts.append(("meanstd", CellBagFeatures(heterogeneity=False, stats=("Mean", "Std"),
                                                  features=features)))

@@ -730,7 +730,40 @@ META = _m_record({
                                                              "image": _THRESHOLDS})}),
     "reference": _m_record({"quantiles": _m_quantiles, "variables": _m_variables,
                             "heterogeneity": _m_heterogeneity}),
+    "colour_stability": lambda v, w: _m_colour_stability(v, w),
 })
+
+
+def _m_drifts(v, where):
+    """Each shift's mean drift per input: shift name -> {input name -> finite number}."""
+    _m_mapping(_m_mapping(_m_number(), max_len=1000), max_len=100)(v, where)
+
+
+def _m_colour_stability(v, where):
+    """The colour check's entry (:func:`pipelines.run.stability.bundle_entry`); score
+    moves a patient's inputs by ``drift`` and widens by ``margin_logit``, so both must be
+    finite numbers of the kind training writes, and the inputs a subset of the known
+    names."""
+    from cellfeat.features import FEATURE_NAMES
+    from cellfeat.heterogeneity import PIXEL_SCORE
+
+    _m_record({"bar": _m_number(0, 100),
+               "sample": _m_record({"k": _m_int(1, 100_000), "seed": _m_int(0, 2**32 - 1),
+                                    "rule": _m_text, "images": _m_int()}),
+               "features": _m_names, "dropped": _m_names, "drift": _m_drifts,
+               "margin_logit": _m_number(0, 100), "margin_quantile": _m_unit,
+               "copies": _m_record({"k": _m_int(0, 100), "seed": _m_int(0, 2**32 - 1)})})(v, where)
+    known = {*FEATURE_NAMES, PIXEL_SCORE}
+    for key in ("features", "dropped"):
+        unknown = sorted(set(v.get(key, [])) - known)
+        if unknown:
+            raise NotTrained(f"{where}.{key} has {_show(unknown[0])}, which is not an input "
+                             f"cellfeat train screens")
+    for shift, d in (v.get("drift") or {}).items():
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise NotTrained(f"{where}.drift.{shift} has {_show(unknown[0])}, which is not an "
+                             f"input cellfeat train screens")
 
 
 def check_meta(meta) -> None:

@@ -306,6 +306,7 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
             "seed", "versions", "selection", "nested", "zone", "images_vs_clinical", "triage",
             "decision")
     metrics = {"chosen": chosen, **{k: meta[k] for k in keys},
+               **{k: meta[k] for k in ("colour_stability",) if k in meta},
                "candidates": summary.to_dict(orient="index"),
                "versus_clinical": paired,
                "nested_choices": meta["selection"]["nested_choices"]}
@@ -438,6 +439,44 @@ def _stability_plot(res: dict, path) -> None:
     plt.close(fig)
 
 
+def _flip_rows(res: dict, desc: dict) -> list[str]:
+    return [f"| `{name}` | {desc.get(name, '')} | {r['flips']}/{r['calls']} "
+            f"({100 * r['flip_share']:.1f} %) | {r['max_abs_dproba']:.3f} | "
+            f"{r['balanced_accuracy']:.3f} ({r['delta_balanced_accuracy']:+.3f}) |"
+            for name, r in res["shifts"].items()]
+
+
+def feature_table_lines(res: dict, report_dir) -> list[str]:
+    """The per-feature stability table (also written as ``feature_stability.csv``)."""
+    f = res.get("features")
+    if not f:
+        return []
+    table = pd.DataFrame(f["table"]).set_index("feature")
+    table.to_csv(Path(report_dir) / "feature_stability.csv")
+    shifts = [c[len("drift_"):] for c in table.columns if c.startswith("drift_")]
+    table = table.sort_values("max_abs_drift", ascending=False, na_position="first")
+    kept = table["stable"].astype(bool)
+    lines = ["### Which features survive another lab's colours", "",
+             f"Each cell feature's drift under each shift of the panel: the mean over the "
+             f"training patients of the change of the patient mean, in units of the SD of the "
+             f"patient means between patients (as radiomics screens features by their "
+             f"reproducibility); ICC(A,1) of the patient means as-is vs shifted beside it "
+             f"(the lowest over shifts). Measured on the same sample of images, without "
+             f"labels. **Bar, fixed before any feature was measured against it: a feature is "
+             f"a model input only if |drift| ≤ {f['bar']} SD under every shift.** "
+             f"{int(kept.sum())} of {len(table)} pass; the inputs are "
+             f"`meta[\"colour_stability\"][\"features\"]` of the bundle. Full table: "
+             f"`feature_stability.csv`.", "",
+             "| feature | " + " | ".join(f"`{s}`" for s in shifts)
+             + " | max abs drift | min ICC | input |",
+             "|---|" + "---|" * (len(shifts) + 3)]
+    for name, r in table.iterrows():
+        cells = " | ".join(f"{r[f'drift_{s}']:+.2f}" for s in shifts)
+        lines.append(f"| `{name}` | {cells} | {r['max_abs_drift']:.2f} | {r['min_icc']:.3f} | "
+                     f"{'yes' if r['stable'] else 'no'} |")
+    return lines + [""]
+
+
 def stability_lines(report_dir) -> list[str]:
     """The colour-stability section of the training report, and its figure, from the
     ``stability.json`` that :func:`pipelines.run.stability.stage_hook` wrote into the report
@@ -448,11 +487,19 @@ def stability_lines(report_dir) -> list[str]:
     res = json.loads(p.read_text())
     _stability_plot(res, Path(report_dir) / "stability.png")
     o = res["overall"]
+    sample = res.get("sample") or {}
+    how = (f"under each colour shift of the panel (`cellfeat.augment.SHIFT_PANEL`): "
+           f"{sample['rule']}, are rewritten by the shift and their features recomputed, and "
+           f"every other cell of the bag is moved by the patient's drift on its sample, shrunk "
+           f"toward the cohort's by how much of it is sampling noise "
+           f"(`cellfeat.stability.shrunk_drifts`; `python -m pipelines.bench.colour "
+           f"--sample-check` compares this estimate with fully shifted bags)" if sample else
+           "after every image is rewritten by each colour shift of the panel "
+           "(`cellfeat.augment.SHIFT_PANEL`), features recomputed")
     lines = ["## Colour stability", "",
              f"Out of fold ({res['repeats']}×{res['folds']}-fold, the CV folds), each held-out "
-             f"patient of `{res.get('candidate', '?')}` is scored as it is and after every image "
-             f"is rewritten by each colour shift of the panel (`cellfeat.augment.SHIFT_PANEL`), "
-             f"features recomputed. Overall: **{o['flips']} of {o['calls']} calls flip** "
+             f"patient of `{res.get('candidate', '?')}` is scored as it is and {how}. "
+             f"Overall: **{o['flips']} of {o['calls']} calls flip** "
              f"({100 * o['flip_share']:.1f} %), largest PROBA change "
              f"{o['max_abs_dproba']:.3f}, largest move of balanced accuracy "
              f"{o['max_abs_delta_balanced_accuracy']:.3f}. Goal: at most 1 call in 100 flips "
@@ -464,9 +511,30 @@ def stability_lines(report_dir) -> list[str]:
              "| shift | what it does | flipped calls | max abs dPROBA | BA (post-selection) |",
              "|---|---|---|---|---|"]
     desc = {s["name"]: s["description"] for s in res["panel"]}
-    for name, r in res["shifts"].items():
-        lines.append(f"| `{name}` | {desc.get(name, '')} | {r['flips']}/{r['calls']} "
-                     f"({100 * r['flip_share']:.1f} %) | {r['max_abs_dproba']:.3f} | "
-                     f"{r['balanced_accuracy']:.3f} ({r['delta_balanced_accuracy']:+.3f}) |")
+    lines += _flip_rows(res, desc)
     lines += ["", "![colour stability](stability.png)", ""]
-    return lines
+    every = res.get("all_features")
+    if every:
+        e = every["overall"]
+        lines += [f"The same candidate with every cell feature as input (no screen), same "
+                  f"folds: {e['flips']} of {e['calls']} calls flip "
+                  f"({100 * e['flip_share']:.1f} %), largest PROBA change "
+                  f"{e['max_abs_dproba']:.3f}, largest move of balanced accuracy "
+                  f"{e['max_abs_delta_balanced_accuracy']:.3f} (as-is "
+                  f"{e['balanced_accuracy']:.3f}).", "",
+                  "| shift (every feature) | what it does | flipped calls | max abs dPROBA | "
+                  "BA (post-selection) |", "|---|---|---|---|---|",
+                  *_flip_rows(every, desc), ""]
+    iv = res.get("interval")
+    if iv:
+        lines += [f"**Calls near the threshold.** `cellfeat score` also calls each patient with "
+                  f"its cells moved by the training patients' mean drift under each shift, and "
+                  f"widens each of these P(tumoral) by {iv.get('margin_logit', 0):.2f} log-odds "
+                  f"(the 95th percentile, out of fold, of how far the shifted calls above "
+                  f"strayed from that drift model); where this interval straddles the "
+                  f"threshold, the call is marked `STABLE` = no and sent to cytometry. Out of "
+                  f"fold (the drift learnt on each training fold): {iv['flagged']} of "
+                  f"{iv['calls']} calls marked ({100 * iv['flagged_share']:.1f} %); of the "
+                  f"{iv['flips']} calls that flip under at least one shift above, "
+                  f"{iv['flips_caught']} were marked.", ""]
+    return lines + feature_table_lines(res, report_dir)

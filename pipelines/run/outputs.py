@@ -23,7 +23,9 @@ __all__ = ["check_outputs", "PREDICTION_HEADER", "SUBMISSION_HEADER", "GENERATOR
 
 #: The first line of the tables ``cellfeat score`` writes (see stages.score_frame).
 PREDICTION_HEADER = ("ID,LABEL,PROBA,THRESHOLD,TRIAGE,ZONE,N_CELLS,N_CELLS_USED,STATUS,MODEL,"
-                     "IN_TRAINING")
+                     "IN_TRAINING,PROBA_LOW,PROBA_HIGH,STABLE")
+#: Headers of earlier cellfeat versions, whose files a new run may still replace.
+EARLIER_PREDICTION_HEADERS = (PREDICTION_HEADER.rsplit(",PROBA_LOW", 1)[0],)
 SUBMISSION_HEADER = "Id,Predicted"
 #: The generator tag of every HTML page cellfeat writes (templates/base.html.j2).
 GENERATOR = '<meta name="generator" content="cellfeat">'
@@ -42,9 +44,10 @@ def _head(path: Path, n: int = 65536) -> bytes:
         return f.read(n)
 
 
-def _csv_with_header(header):
+def _csv_with_header(*headers):
     def ours(path: Path) -> bool:
-        return _head(path, len(header) + 2).split(b"\n")[0].rstrip(b"\r") == header.encode()
+        first = _head(path, max(map(len, headers)) + 2).split(b"\n")[0].rstrip(b"\r")
+        return first in {h.encode() for h in headers}
     return ours
 
 
@@ -89,7 +92,7 @@ def _montages(path: Path) -> bool:
     return all(p.suffix == ".png" and p.is_file() for p in path.iterdir())
 
 
-FILE_KINDS = {"predictions": _csv_with_header(PREDICTION_HEADER),
+FILE_KINDS = {"predictions": _csv_with_header(PREDICTION_HEADER, *EARLIER_PREDICTION_HEADERS),
               "submission": _csv_with_header(SUBMISSION_HEADER),
               "page": _page, "bundle": _bundle}
 FOLDER_KINDS = {"features": _feature_folder, "report": _report_folder, "montages": _montages}

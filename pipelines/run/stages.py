@@ -132,6 +132,9 @@ def stage_train(args):
     from ..report.explain import reference_distributions
     from ..report.html import write_train_report
     from ..report.markdown import RULE, first_screen, write_report
+    from cellfeat.models.invariance import ColourAugmented, without_copies
+
+    from .stability import AUGMENT_COPIES, AUGMENT_SEED, bundle_entry, colour_copies, colour_sample
     from .stability import stage_hook as colour_stability
 
     _check_outputs(args, ("--model", args.model, "bundle"),
@@ -172,7 +175,27 @@ def stage_train(args):
     # folds; complexity order (CANDIDATES order) is the tie-break, whatever order was given
     fitted = set(names) | {COMPARATOR, *FALLBACKS.values(), *REFERENCE_CANDIDATES}
     order = [n for n in CANDIDATES if n in fitted]
-    candidates = [(n, make_pipeline(n, calibrated=False)) for n in order]
+    # issue 22: the cell features that another lab's colours move little are the model
+    # inputs; measured label-free on a fixed sample of the training patients' own images
+    t0 = time.perf_counter()
+    check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    kept = check["kept"]
+    _log(f"  colour screen: {len(kept)} of {len(check['table'])} inputs pass (mean drift of "
+         f"the patient mean <= {bundle_entry(check)['bar']} between-patient SD under every "
+         f"shift), from {check['sample']['images']} shifted images in "
+         f"{time.perf_counter() - t0:.0f} s")
+    if not kept:
+        raise StageError(f"{args.data}: no cell feature passes the colour-stability bar; see "
+                         f"the drift table that `python -m pipelines.bench.colour` prints")
+    # ... and each image candidate also learns from colour-shifted copies of its training
+    # patients (random shifts, not the panel's), judged by the flips they remove
+    t0 = time.perf_counter()
+    fit_frame = colour_copies(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    _log(f"  colour copies: {AUGMENT_COPIES} randomly shifted copies of every training "
+         f"patient, estimated from the same sample, in {time.perf_counter() - t0:.0f} s")
+    candidates = [(n, make_pipeline(n, calibrated=False, features=kept)) for n in order]
+    candidates = [(n, est if n == COMPARATOR else ColourAugmented(est))
+                  for n, est in candidates]
     inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
     try:
         from cellfeat.evaluation import check_cohort_size
@@ -191,19 +214,22 @@ def stage_train(args):
                disable=args.quiet)
     rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target)
     with threadpool_limits(1):  # BLAS threads fight joblib's workers on small problems
-        res = nested_cv(candidates, lab, y, folds=args.folds, repeats=args.repeats,
+        res = nested_cv(candidates, fit_frame, y, folds=args.folds, repeats=args.repeats,
                         inner_folds=inner[0], inner_repeats=inner[1], seed=args.seed,
                         n_jobs=args.jobs, callback=bar.update, **rule_args)
         bar.close()
         _log(f"  nested CV took {time.perf_counter() - t0:.0f} s; fitting the rule on all "
              f"{len(y)} patients ...")
         rule = ModelChoice(candidates, cv=inner[0], repeats=inner[1], random_state=args.seed,
-                           **rule_args).fit(lab, y)
+                           **rule_args).fit(fit_frame, y)
         explainer = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
     summary = res.summary()
     chosen, final = rule.chosen_, rule.model_
     gain = res.versus("nested", COMPARATOR)
     gain_auc = {k: gain[k] for k in ("auc_delta", "auc_ci95")}
+    # the saved models are the fitted candidates without the copies' wrapper (same calls)
+    for m in rule.models_.values():
+        without_copies(m)
     fallbacks = {k: m for k, m in rule.routes_.items() if k != "main"}
     in_zone_now = in_zone(lab["LYMPH_COUNT"], rule.zone_limit_)
     zone = {"rule": ZONE_RULE, "limit": rule.zone_limit_,
@@ -237,11 +263,14 @@ def stage_train(args):
                                                  "triage_threshold": m.triage_threshold_}
                                              for k, m in fallbacks.items()}},
     }
+    report_dir = args.report or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    # issues 14, 22: out-of-fold flips of the chosen candidate; its interval margin is saved
+    stab = colour_stability(check, fit_frame, y, chosen, report_dir, args, log=_log)
+    meta["colour_stability"] = bundle_entry(check, stab["margin_logit"])
+    meta["colour_stability"]["copies"] = {"k": AUGMENT_COPIES, "seed": AUGMENT_SEED}
     model_bundle = {"main": final, "explainer": explainer, **fallbacks}
     meta["reference"] = reference_distributions(lab, y)  # for the HTML report
     save_bundle(args.model, pipeline=model_bundle, meta=meta)
-    report_dir = args.report or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    colour_stability(cohort, feat_dir, lab, y, chosen, report_dir, args, log=_log)  # issue 14
     write_report(report_dir, res, summary, chosen, final, lab, y, meta)
     write_train_report(report_dir)  # index.html: the same report, self-contained
     latest = Path("reports/latest")
@@ -265,7 +294,7 @@ def _versions() -> dict:
 
 
 def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None = None,
-                training_ids=()) -> pd.DataFrame:
+                training_ids=(), colour: dict | None = None) -> pd.DataFrame:
     """Predictions with a STATUS per patient, using fallbacks where inputs are missing.
 
     The calls are :func:`cellfeat.models.routed_calls`, the very function the nested CV of
@@ -276,7 +305,15 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
     else ``none``. A row without a call has all four empty. ``ZONE`` is ``overlap`` when
     the count is at or below the bundle's overlap-zone limit (the images carry the call),
     ``count`` above it; ``IN_TRAINING`` marks patients the model was trained on, whose
-    calls are in-sample."""
+    calls are in-sample.
+
+    With ``colour`` (the bundle's ``meta["colour_stability"]``), each call is also made
+    with the patient's cells moved by the training cohort's mean drift under each shift of
+    the panel, widened by the bundle's margin (:func:`cellfeat.stability.interval_calls`):
+    ``PROBA_LOW``-``PROBA_HIGH`` is that stability interval, ``STABLE`` is ``no`` where it
+    straddles the threshold, and such a patient goes to cytometry (``TRIAGE``) with a
+    STATUS that says why. Without it (older bundles) the three columns are empty."""
+    from cellfeat.decision import DECIMALS
     from cellfeat.models import routed_calls
     from cellfeat.models.routing import REQUIRED_CLINICAL, usable_cells
     from cellfeat.zone import zone_names
@@ -299,6 +336,15 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
         index=frame.index)
     out.loc[~called.to_numpy(), "LABEL"] = pd.NA
     out.loc[~called.to_numpy(), "TRIAGE"] = ""
+    out["PROBA_LOW"], out["PROBA_HIGH"], out["STABLE"] = np.nan, np.nan, ""
+    drifts = {n: pd.Series(d, dtype=float) for n, d in ((colour or {}).get("drift") or {}).items()}
+    if drifts:
+        from cellfeat.stability import interval_calls
+
+        iv = interval_calls(models, frame, drifts, colour.get("margin_logit", 0.0))
+        out["PROBA_LOW"], out["PROBA_HIGH"] = iv["PROBA_LOW"], iv["PROBA_HIGH"]
+        out["STABLE"] = iv["STABLE"].map({True: "yes", False: "no"}).fillna("").astype(str)
+        out.loc[(out["STABLE"] == "no").to_numpy(), "TRIAGE"] = "cytometry"
     for pid, route, n, used in zip(frame.index, calls["ROUTE"], n_cells, n_used):
         why = []
         if missing.loc[pid, list(REQUIRED_CLINICAL)].any():
@@ -313,6 +359,11 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
             status = "no call: " + "; ".join(why)
         else:
             status = f"{route} only: " + "; ".join(why)
+        if out.loc[pid, "STABLE"] == "no":
+            status += (f"; near the threshold: colours of another lab (the panel's shifts) "
+                       f"give P(tumoral) {out.loc[pid, 'PROBA_LOW']:.{DECIMALS}f}-"
+                       f"{out.loc[pid, 'PROBA_HIGH']:.{DECIMALS}f} across "
+                       f"{out.loc[pid, 'THRESHOLD']:.{DECIMALS}f}: sent to cytometry")
         out.loc[pid, "STATUS"] = status
     return out.reset_index(drop=True)
 
@@ -389,7 +440,8 @@ def stage_score(args):
     frame = load_frame(cohort, feat_dir)
     zone = meta.get("zone") or {}
     pred = score_frame(models, frame, zone_limit=zone.get("limit"),
-                       training_ids=meta.get("training_ids", ()))
+                       training_ids=meta.get("training_ids", ()),
+                       colour=meta.get("colour_stability"))
     seen = int(pred["IN_TRAINING"].sum())
     if seen:
         _log(f"  note: {seen} of the {len(pred)} scored patients were training patients of this "
