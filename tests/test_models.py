@@ -124,3 +124,17 @@ def test_mil_cell_scores_align_with_usable_cells(frame):
     # tumoral patients' most tumoral-looking cell scores higher on average
     top = np.array([s.max() for s in scores])
     assert top[y == 1].mean() > top[y == 0].mean()
+
+
+@pytest.mark.parametrize("name", [n for n in CANDIDATES if n not in CNN_CANDIDATES])
+def test_acquisition_figures_are_not_model_inputs(frame, name):
+    """Issue 19: how many images the analyser saved and how many segmentation rejected
+    (Bag_NCells, Bag_QCFailedShare) track the count and another lab's analyser settings.
+    Adding QC-failed cells to every bag changes both, and must change no call."""
+    y = frame["LABEL"].astype(int).to_numpy()
+    fitted = make_pipeline(name, calibrated=False).fit(frame, y)
+    more = frame.copy()
+    more["CELLS"] = [pd.concat([c, c.head(3).assign(QC_STATUS="no_nucleus")], ignore_index=True)
+                     for c in frame["CELLS"]]
+    np.testing.assert_allclose(fitted.predict_proba(more), fitted.predict_proba(frame),
+                               rtol=1e-12, atol=0)
