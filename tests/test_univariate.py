@@ -104,3 +104,29 @@ def test_permutation_null_puts_noise_features_at_or_under_their_rank():
     # the null decreases with the rank (the k-th best of a shuffle)
     assert (np.diff(out["NULL_AUC_AT_RANK"].to_numpy()) <= 1e-12).all()
     assert univariate_auc(t, y, repeats=1, permutations=0)["NULL_AUC_AT_RANK"].isna().all()
+
+
+def test_the_null_scores_a_shuffle_as_the_table_scores_a_feature():
+    """The permutation null reuses each feature's training-fold ranks across shuffles
+    (issue 21: the null was the largest step of the training report); each shuffled AUC
+    must be the table's AUC_OOF of that feature for those labels, to the bit, NaNs,
+    small features and one-class subsets included."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from pipelines.report.univariate import _one_feature, _oof_auc, _training_ranks
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(90) < 0.7).astype(int)
+    splits = [list(StratifiedKFold(5, shuffle=True, random_state=r).split(y, y))
+              for r in range(3)]
+    columns = {"signal": y + rng.normal(0, 1, 90), "noise": rng.normal(size=90),
+               "holes": np.where(rng.random(90) < 0.3, np.nan, rng.normal(size=90)),
+               "tied": rng.integers(0, 3, 90).astype(float),
+               "few": np.where(np.arange(90) < 8, 1.0, np.nan)}
+    for _ in range(5):
+        yp = rng.permutation(y)
+        for name, x in columns.items():
+            want = _one_feature(name, x, yp, splits, 10)["AUC_OOF"]
+            x_, ok, folds = _training_ranks(x, splits)
+            got = _oof_auc(x_, ok, yp, folds, 10)
+            assert (np.isnan(want) and np.isnan(got)) or got == want, name

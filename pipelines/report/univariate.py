@@ -142,14 +142,44 @@ def permutation_null(columns: dict, y, splits, min_patients: int, permutations: 
     out-of-fold AUC among ``columns``: what noise reaches at that rank. Each shuffle
     keeps the folds, so only the link between features and labels is broken."""
     rng = np.random.default_rng(seed + 10_007)
+    # a shuffle changes the labels, not the features: each feature's ranks within every
+    # training fold are computed once (what ``permutations`` x ``_one_feature`` spent most
+    # of its time on; the AUCs are the same to the bit)
+    prepared = [_training_ranks(x, splits) for x in columns.values()]
     ranked = []
     for _ in range(permutations):
         yp = rng.permutation(y)
-        aucs = [_one_feature(n, x, yp, splits, min_patients)["AUC_OOF"]
-                for n, x in columns.items()]
+        aucs = [_oof_auc(x, ok, yp, folds, min_patients) for x, ok, folds in prepared]
         ranked.append(np.sort(np.nan_to_num(np.asarray(aucs, float), nan=-np.inf))[::-1])
     q = np.quantile(np.asarray(ranked), level, axis=0)
     return np.where(np.isfinite(q), q, np.nan)
+
+
+def _training_ranks(x, splits):
+    """``x``, its finite mask, and per repeat the folds (training and test positions of the
+    patients with a value) with the ranks of ``x`` on the training positions."""
+    ok = np.isfinite(x)
+    folds = [[(tr[ok[tr]], te[ok[te]], rankdata(x[tr[ok[tr]]])) for tr, te in repeat]
+             for repeat in splits]
+    return x, ok, folds
+
+
+def _oof_auc(x, ok, y, folds, min_patients) -> float:
+    """``AUC_OOF`` of :func:`_one_feature` (direction learnt on each training fold, AUC of
+    the pooled held-out scores, mean over repeats), from :func:`_training_ranks`."""
+    if int(ok.sum()) < min_patients or len(np.unique(y[ok])) < 2:
+        return np.nan
+    pooled = []
+    for repeat in folds:
+        score = np.full(len(y), np.nan)
+        for tr, te, r in repeat:
+            yt = y[tr].astype(bool)
+            n1 = int(yt.sum())
+            n0 = len(yt) - n1
+            a = float((r[yt].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)) if n1 and n0 else np.nan
+            score[te] = (1.0 if not np.isfinite(a) or a >= 0.5 else -1.0) * x[te]
+        pooled.append(auc(score[ok], y[ok]))
+    return float(np.nanmean(pooled))
 
 
 def _one_feature(name, x, y, splits, min_patients) -> dict:
