@@ -544,3 +544,14 @@ def test_score_imports_neither_torch_nor_dask(synthetic_root, trained, tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "0 []", res.stdout
     assert out.is_file()
+
+
+def test_time_split_by_hand():
+    from pipelines.run.stages import time_split
+
+    # 10 s features, 1 s frames, 4 s colour check, 20 s nested CV, 15 s the rest:
+    # 50 s in all, 50 / (10 + 20) = 1.67x
+    line = time_split({"start": 0.0, "features": 10.0, "frames": 11.0, "colour check": 15.0,
+                       "nested CV": 35.0, "end": 50.0})
+    assert line.startswith("train took 50 s: features 10 s, loading the frames 1 s, ")
+    assert "nested CV 20 s" in line and line.endswith("; 1.67x features + nested CV")

@@ -144,7 +144,10 @@ def stage_train(args):
         raise StageError(f"--reference-date {cohort.reference_date} is in the future: ages "
                          f"would be computed at a date not reached yet (and the bundle "
                          f"would be refused)")
+    # where a training run's time goes (issue 21: all of it <= 1.5x features + nested CV)
+    clock = {"start": time.perf_counter()}
     feat_dir = feature_stage(args, cohort)
+    clock["features"] = time.perf_counter()
     frame = load_frame(cohort, feat_dir)
     lab = frame[frame["LABEL"].notna()]
     if lab["LABEL"].nunique() < 2:
@@ -177,7 +180,7 @@ def stage_train(args):
     order = [n for n in CANDIDATES if n in fitted]
     # issue 22: the cell features that another lab's colours move little are the model
     # inputs; measured label-free on a fixed sample of the training patients' own images
-    t0 = time.perf_counter()
+    t0 = clock["frames"] = time.perf_counter()
     check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
     kept = check["kept"]
     _log(f"  colour screen: {len(kept)} of {len(check['table'])} inputs pass (mean drift of "
@@ -209,7 +212,7 @@ def stage_train(args):
          f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
     _log(f"  nested CV: {args.repeats}x{args.folds}-fold outer CV of the whole rule on "
          f"{len(y)} patients")
-    t0 = time.perf_counter()
+    t0 = clock["colour check"] = time.perf_counter()
     bar = tqdm(total=args.folds * args.repeats, desc="outer folds", unit="fold",
                disable=args.quiet)
     rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target)
@@ -218,7 +221,8 @@ def stage_train(args):
                         inner_folds=inner[0], inner_repeats=inner[1], seed=args.seed,
                         n_jobs=args.jobs, callback=bar.update, **rule_args)
         bar.close()
-        _log(f"  nested CV took {time.perf_counter() - t0:.0f} s; fitting the rule on all "
+        clock["nested CV"] = time.perf_counter()
+        _log(f"  nested CV took {clock['nested CV'] - t0:.0f} s; fitting the rule on all "
              f"{len(y)} patients ...")
         rule = ModelChoice(candidates, cv=inner[0], repeats=inner[1], random_state=args.seed,
                            **rule_args).fit(fit_frame, y)
@@ -278,9 +282,28 @@ def stage_train(args):
         if latest.is_symlink() or latest.exists():
             latest.unlink()
         latest.symlink_to(report_dir.resolve())
+    clock["end"] = time.perf_counter()
     _log(f"  model: {args.model}   report: {report_dir}/README.md")
+    _log("  " + time_split(clock))
     print("\n".join(first_screen(meta)))
     return 0
+
+
+def time_split(clock: dict) -> str:
+    """One line: where a training run's time went, from the ``perf_counter`` readings of
+    ``clock`` (start, features, frames, colour check, nested CV, end), and its ratio to
+    features + nested CV (issue 21's budget: at most 1.5)."""
+    t = dict(clock)
+    parts = {"features": t["features"] - t["start"],
+             "loading the frames": t["frames"] - t["features"],
+             "colour check (sample, screen, copies)": t["colour check"] - t["frames"],
+             "nested CV": t["nested CV"] - t["colour check"],
+             "final fit, colour stability, bundle and report": t["end"] - t["nested CV"]}
+    total = t["end"] - t["start"]
+    budget = parts["features"] + parts["nested CV"]
+    ratio = f"; {total / budget:.2f}x features + nested CV" if budget > 0 else ""
+    return (f"train took {total:.0f} s: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items()) + ratio)
 
 
 def _versions() -> dict:
