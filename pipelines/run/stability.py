@@ -523,11 +523,16 @@ def stage_hook(check: dict, frame, y, chosen: str, report_dir, args, log=print) 
     kw = dict(folds=args.folds, repeats=min(args.repeats, 2), seed=args.seed, n_jobs=args.jobs)
     from cellfeat.models.invariance import COPIES, ColourAugmented
 
-    screened = make_pipeline(chosen, features=check["kept"])
+    from cellfeat.decision import CalibratedDecision
+
     # what ships (screened inputs, with the training copies when the frame has them) beside
-    # the chosen candidate on every feature without copies: the "before" of issue 22
-    runs = {"screened": ((ColourAugmented(screened), frame) if COPIES in frame
-                         else (screened, frame)),
+    # the chosen candidate on every feature without copies: the "before" of issue 22. As
+    # training builds it, the copies join the candidate's fit inside the calibrated
+    # decision, never the inner folds that calibrate it (a patient's copy must not train
+    # the model that is calibrated on that patient)
+    screened = make_pipeline(chosen, calibrated=False, features=check["kept"])
+    runs = {"screened": ((CalibratedDecision(ColourAugmented(screened)), frame)
+                         if COPIES in frame else (CalibratedDecision(screened), frame)),
             "all_features": (make_pipeline(chosen),
                              frame.drop(columns=[COPIES], errors="ignore"))}
     res, widen = {}, 0.0
