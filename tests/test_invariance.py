@@ -3,7 +3,6 @@ own patients only, and teach the model to ignore what the shifts move."""
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cellfeat.models import make_pipeline
 from cellfeat.models.invariance import COPIES, ColourAugmented, with_copies

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..heterogeneity import PIXEL_SCORE
 
-__all__ = ["COPIES", "ColourAugmented", "with_copies", "without_copies"]
+__all__ = ["COPIES", "ColourAugmented", "augmented", "with_copies", "without_copies"]
 
 #: The cohort-frame column holding each patient's colour-shifted copies: a tuple of
 #: ``(cells, pixel score)`` pairs, one per shift (empty for a patient without any).
@@ -92,6 +92,18 @@ class ColourAugmented(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def augmented(name: str, features=None):
+    """Candidate ``name`` (:func:`cellfeat.models.make_pipeline`) as training builds it with
+    copies: :class:`ColourAugmented` inside the calibrated decision, so that a patient's
+    copies join the candidate's fit and never the inner folds that calibrate on that
+    patient."""
+    from ..decision import CalibratedDecision
+    from .candidates import make_pipeline
+
+    return CalibratedDecision(ColourAugmented(make_pipeline(name, calibrated=False,
+                                                            features=features)))
 
 
 def without_copies(model):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.augment import SHIFT_PANEL, ColourShift, random_shift
+from cellfeat.augment import SHIFT_PANEL
 
 from ..run.stability import (margin, oof_stability, shifted_features, shifted_frames,
                              summarise)
@@ -179,17 +179,6 @@ def sample_check(est, lab, y, images, feat_dir, full: dict, *, ks=(4, 8, 16), se
 # ------------------------------------------------------------------ screened vs every feature
 
 
-def augmented(name: str, features=None):
-    """Candidate ``name`` trained with the colour-shifted copies its frame carries
-    (:class:`cellfeat.models.invariance.ColourAugmented` inside the calibrated call)."""
-    from cellfeat.decision import CalibratedDecision
-    from cellfeat.models import make_pipeline
-    from cellfeat.models.invariance import ColourAugmented
-
-    return CalibratedDecision(ColourAugmented(make_pipeline(name, calibrated=False,
-                                                            features=features)))
-
-
 def nested_runs(runs: dict, y, *, folds=5, repeats=4, seed=0, jobs=1) -> dict:
     """Nested CV of the default rule under each setting of ``runs`` (tag -> (cohort frame,
     cell features or None, augment: bool)), on the same folds: each one's BA and AUC overall
@@ -238,11 +227,6 @@ def nested_runs(runs: dict, y, *, folds=5, repeats=4, seed=0, jobs=1) -> dict:
 # ------------------------------------------------------------------ CLI
 
 
-def _augment_shifts(k: int, seed: int) -> tuple[ColourShift, ...]:
-    # drawn, not the panel: training on the panel would make the panel's figures optimistic
-    return tuple(random_shift(np.random.default_rng([seed, 1000 + i])) for i in range(k))
-
-
 def _print_summary(tag, s):
     o = s["overall"]
     print(f"{tag}: BA as-is {o['balanced_accuracy']:.3f}; {o['flips']}/{o['calls']} calls flip "
@@ -264,10 +248,9 @@ def main(argv=None) -> int:
     from cellfeat.data import load_cohort
     from cellfeat.models import make_pipeline
 
-    from cellfeat.models.invariance import with_copies
+    from cellfeat.models.invariance import augmented, with_copies
 
-    from ..run.stability import (SAMPLE_K, SAMPLE_SEED, colour_sample, sample_positions,
-                                 sample_shifts, transferred_frames)
+    from ..run.stability import augment_shifts, colour_copies, colour_sample
     from ..run.stages import feature_stage, load_frame
 
     p = argparse.ArgumentParser(prog="python -m pipelines.bench.colour", description=__doc__,
@@ -326,15 +309,13 @@ def main(argv=None) -> int:
     lab_aug = None
     if args.augment:
         t0 = time.perf_counter()
-        drawn = _augment_shifts(args.augment, args.seed)
         if args.augment_full:
-            aug = shifted_frames(lab, cohort.clinical, shifted_features(
-                images, feat_dir, drawn, n_jobs=args.jobs, progress=prog))
+            lab_aug = with_copies(lab, shifted_frames(lab, cohort.clinical, shifted_features(
+                images, feat_dir, augment_shifts(args.augment, args.seed), n_jobs=args.jobs,
+                progress=prog)))
         else:
-            pos = sample_positions(images, SAMPLE_K, SAMPLE_SEED)
-            aug, _ = transferred_frames(lab, pos, sample_shifts(
-                images, pos, feat_dir, drawn, n_jobs=args.jobs, progress=prog))
-        lab_aug = with_copies(lab, aug)
+            lab_aug = colour_copies(cohort, feat_dir, lab, k=args.augment, seed=args.seed,
+                                    n_jobs=args.jobs, progress=prog)
         print(f"augmentation copies ({args.augment} random shifts, sampled): "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for name in args.candidates:

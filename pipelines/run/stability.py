@@ -518,21 +518,16 @@ def stage_hook(check: dict, frame, y, chosen: str, report_dir, args, log=print) 
     inputs and with every feature (same folds), written with the stability table into
     ``report_dir``/:data:`STABILITY_JSON`."""
     from cellfeat.models import make_pipeline
+    from cellfeat.models.invariance import COPIES, augmented
 
     t0 = time.perf_counter()
     kw = dict(folds=args.folds, repeats=min(args.repeats, 2), seed=args.seed, n_jobs=args.jobs)
-    from cellfeat.models.invariance import COPIES, ColourAugmented
-
-    from cellfeat.decision import CalibratedDecision
-
-    # what ships (screened inputs, with the training copies when the frame has them) beside
-    # the chosen candidate on every feature without copies: the "before" of issue 22. As
-    # training builds it, the copies join the candidate's fit inside the calibrated
-    # decision, never the inner folds that calibrate it (a patient's copy must not train
-    # the model that is calibrated on that patient)
-    screened = make_pipeline(chosen, calibrated=False, features=check["kept"])
-    runs = {"screened": ((CalibratedDecision(ColourAugmented(screened)), frame)
-                         if COPIES in frame else (CalibratedDecision(screened), frame)),
+    # what ships (screened inputs, with the training copies when the frame has them, built
+    # as training builds it) beside the chosen candidate on every feature without copies:
+    # the "before" of issue 22
+    kept = check["kept"]
+    runs = {"screened": (augmented(chosen, kept) if COPIES in frame
+                         else make_pipeline(chosen, features=kept), frame),
             "all_features": (make_pipeline(chosen),
                              frame.drop(columns=[COPIES], errors="ignore"))}
     res, widen = {}, 0.0
