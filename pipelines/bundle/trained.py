@@ -754,16 +754,13 @@ def _m_colour_stability(v, where):
                "margin_logit": _m_number(0, 100), "margin_quantile": _m_unit,
                "copies": _m_record({"k": _m_int(0, 100), "seed": _m_int(0, 2**32 - 1)})})(v, where)
     known = {*FEATURE_NAMES, PIXEL_SCORE}
-    for key in ("features", "dropped"):
-        unknown = sorted(set(v.get(key, [])) - known)
+    named = {f"{where}.{key}": v.get(key, []) for key in ("features", "dropped")}
+    named |= {f"{where}.drift.{shift}": d for shift, d in (v.get("drift") or {}).items()}
+    for place, names in named.items():
+        unknown = sorted(set(names) - known)
         if unknown:
-            raise NotTrained(f"{where}.{key} has {_show(unknown[0])}, which is not an input "
+            raise NotTrained(f"{place} has {_show(unknown[0])}, which is not an input "
                              f"cellfeat train screens")
-    for shift, d in (v.get("drift") or {}).items():
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise NotTrained(f"{where}.drift.{shift} has {_show(unknown[0])}, which is not an "
-                             f"input cellfeat train screens")
 
 
 def check_meta(meta) -> None:
