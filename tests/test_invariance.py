@@ -75,3 +75,20 @@ def test_without_copies_keeps_every_call_to_the_bit():
     assert m.estimator_ is fitted_candidate
     assert not isinstance(m.estimator, ColourAugmented)
     np.testing.assert_array_equal(m.predict_proba(frame), before)
+
+
+def test_augmented_calibrates_on_original_patients_only():
+    """The candidate with copies is calibrated out of fold on the patients themselves: a
+    patient's copy may train the candidate, never sit in the inner folds that calibrate it
+    (the training check once wrapped the copies outside the calibrated decision, and the
+    copies became rows of its inner folds)."""
+    from cellfeat.models.invariance import augmented
+
+    frame, y = _cohort()
+    X = with_copies(frame, {"a": _shifted(frame, 0.2), "b": _shifted(frame, -0.2)})
+    m = augmented("mean-ridge").fit(X, y)
+    assert m.oof_proba_.shape[1] == len(frame)      # one out-of-fold call per patient
+    assert m.estimator_.n_copies_ == 2 * len(frame)  # the final fit did see the copies
+    # the other nesting calibrates on patients and their copies: 3 rows per patient
+    wrong = ColourAugmented(make_pipeline("mean-ridge")).fit(X, y)
+    assert wrong.estimator_.oof_proba_.shape[1] == 3 * len(frame)
