@@ -447,3 +447,14 @@ def test_injected_script_and_handler_do_not_run_in_chromium(scored, train_page, 
     # the scoring page's own script still runs: it marks every summary heading sortable
     dom = chromium(scored["page"], tmp_path, "--dump-dom", "--virtual-time-budget=3000").stdout
     assert dom.count('style="cursor: pointer;"') == 7  # one per summary column
+
+
+def test_status_kind_groups_a_call_by_its_route_not_by_its_notes():
+    """A call near its threshold is fully scored: "ok; near the threshold: ..." counts as
+    ok (the page and the CLI counted it apart, as "ok; near the threshold")."""
+    from pipelines.report.html import status_kind
+
+    assert status_kind("ok") == "ok"
+    assert status_kind("ok; near the threshold: colours of another lab give 0.5-0.7") == "ok"
+    assert status_kind("image only: missing AGE; near the threshold: ...") == "image only"
+    assert status_kind("no call: no usable cell") == "no call"

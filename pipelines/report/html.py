@@ -34,6 +34,13 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 # --------------------------------------------------------------------------- rendering
 
+
+def status_kind(status) -> str:
+    """What the counts of a run group a STATUS by: its text before the first ``:`` or
+    ``;`` (``image only`` for ``image only: missing AGE; near the threshold: ...``; the
+    near-threshold note is counted from ``STABLE``, not from the text)."""
+    return re.split(r"[:;]", str(status), maxsplit=1)[0]
+
 def _env():
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -223,8 +230,9 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
                          "clinical_fig": distribution_figure(clin), "het_fig": het_fig,
                          "het_missing": not het_names, "contrib": contrib, "tiles": tiles,
                          "ranking_note": ranking_note, "unusable": unusable})
-    statuses = pred["STATUS"].map(lambda s: str(s).split(":")[0]).value_counts()
-    qc_counts = cells_long[QC_COLUMN].map(lambda s: str(s).split(":")[0]).value_counts()
+    statuses = pred["STATUS"].map(status_kind).value_counts()
+    qc_counts = cells_long[QC_COLUMN].map(status_kind).value_counts()
+    near = int((pred["STABLE"] == "no").sum()) if "STABLE" in pred else 0
     return {
         "title": "cellfeat scoring report", "generated": datetime.now().isoformat(timespec="seconds"),
         "data": str(data) if data is not None else str(cohort.root),
@@ -235,7 +243,7 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
                   "triage_meta": meta.get("triage") if isinstance(meta.get("triage"), dict) else None},
         "in_training": int(sum(p["in_training"] for p in patients)),
         "cellfeat_version": cellfeat.__version__,
-        "qc": {"patients": len(pred), "statuses": statuses.to_dict(),
+        "qc": {"patients": len(pred), "statuses": statuses.to_dict(), "near_threshold": near,
                "images": int(len(cells_long)), "image_statuses": qc_counts.to_dict()},
         "summary": summary, "patients": patients,
         "unusable_total": sum(len(p["unusable"]) for p in patients),

@@ -481,10 +481,14 @@ def stage_score(args):
     mont_dir = out.with_name(out.stem + "_montages")
     patient_montages(cohort, frame, models["explainer"], pred, mont_dir,
                      method=meta["feature_settings"]["method"])
-    counts = pred["STATUS"].map(lambda s: s.split(":")[0]).value_counts().to_dict()
-    _log(f"score: {len(pred)} patients: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    from ..report.html import status_kind, write_score_report
+
+    counts = pred["STATUS"].map(status_kind).value_counts().to_dict()
+    near = int((pred["STABLE"] == "no").sum())
+    _log(f"score: {len(pred)} patients: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+         + (f"; {near} near the threshold under another lab's colours (sent to cytometry)"
+            if near else ""))
     _log(f"  wrote {out}, {out.stem}_submission.csv and {mont_dir}/<ID>.png")
-    from ..report.html import write_score_report
 
     html = write_score_report(out.with_name(out.stem + "_report.html"), cohort=cohort, frame=frame,
                               pred=pred, models=models, meta=meta, feat_dir=feat_dir, data=args.data)
