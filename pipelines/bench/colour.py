@@ -316,7 +316,8 @@ def main(argv=None) -> int:
         else:
             lab_aug = colour_copies(cohort, feat_dir, lab, k=args.augment, seed=args.seed,
                                     n_jobs=args.jobs, progress=prog)
-        print(f"augmentation copies ({args.augment} random shifts, sampled): "
+        how = "every image shifted" if args.augment_full else "sampled"
+        print(f"augmentation copies ({args.augment} random shifts, {how}): "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for name in args.candidates:
         checks = {"screened": check["kept"], **({"all_features": None} if args.screen else {})}
