@@ -37,7 +37,7 @@ import numpy as np
 
 __all__ = ["CellParams", "PatientParams", "Palette", "DEFAULT_PALETTE", "PALETTE_RANGES",
            "random_palette", "draw_cell", "sample_patient", "write_cohort", "mask_paths",
-           "hard_case", "HARD_CASES"]
+           "hard_case", "HARD_CASES", "atypical_cell", "ATYPICAL_KINDS"]
 
 SIZE = 224
 #: Share of tumoral patients drawn with reactive-looking lymphocytes.
@@ -147,6 +147,7 @@ class CellParams:
     deep_blue: bool
     wrap: int = 0  # red cells pressed into the cytoplasm (drawn over it, outside the cell)
     blue_depth: float = 1.0  # deep-blue cytoplasm colour multiplier (< 1 darker)
+    folds: tuple[tuple[int, float, float], ...] = ()  # nucleus only: (k, amplitude, phase)
 
 
 def sample_patient(rng: np.random.Generator, label: int) -> PatientParams:
@@ -192,10 +193,12 @@ def _sample_cell(rng: np.random.Generator, p: PatientParams) -> CellParams:
         blue_depth=float(rng.uniform(0.85, 1.05)))
 
 
-def _radial_polygon(cx, cy, radius, elongation, angle, harmonics, n=96):
+def _radial_polygon(cx, cy, radius, elongation, angle, harmonics, n=96, folds=()):
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     r = np.ones_like(t)
     for k, (amp, phase) in zip(range(2, 6), harmonics):
+        r += amp * np.cos(k * t + phase)
+    for k, amp, phase in folds:  # higher harmonics: clefts and lobes (ATYPICAL_KINDS)
         r += amp * np.cos(k * t + phase)
     x = radius * r * np.cos(t) * elongation
     y = radius * r * np.sin(t) / elongation
@@ -274,7 +277,8 @@ def draw_cell(rng: np.random.Generator, patient: PatientParams, cell: CellParams
     # the lymphocyte: cytoplasm, then nucleus, centred with a little jitter
     cx, cy = SIZE / 2 + rng.normal(0, 4, 2)
     angle = rng.uniform(0, np.pi)
-    npoly = _radial_polygon(cx, cy, cell.nucleus_radius, cell.elongation, angle, cell.harmonics)
+    npoly = _radial_polygon(cx, cy, cell.nucleus_radius, cell.elongation, angle, cell.harmonics,
+                            n=192 if cell.folds else 96, folds=cell.folds)
     nucleus = _fill(shape, npoly)
     ox, oy = rng.normal(0, cell.rim * 0.3, 2)
     cpoly = _radial_polygon(cx + ox, cy + oy, cell.nucleus_radius + cell.rim, cell.elongation,
@@ -351,6 +355,42 @@ def hard_case(rng: np.random.Generator, kind: str, palette: Palette = DEFAULT_PA
                     wrap=0)
     else:
         c = replace(c, rim=float(rng.uniform(8, 18)), wrap=int(rng.integers(2, 4)))
+    return draw_cell(rng, p, c, palette)
+
+
+#: Cells unlike any lymphocyte of the cohort, drawn by :func:`atypical_cell` (issue 28: the
+#: atypical patients a model must send to cytometry rather than call).
+ATYPICAL_KINDS = ("cerebriform", "lobulated")
+
+
+def atypical_cell(rng: np.random.Generator, kind: str, palette: Palette = DEFAULT_PALETTE):
+    """Draw one cell unlike the cohort's lymphocytes, with its true masks.
+
+    ``"cerebriform"``: a Sézary-like lymphocyte, its nucleus outline folded by four
+    harmonics of order 6 to 9 (amplitudes 0.05 to 0.10 of the radius each: convoluted,
+    grooved, "brain-like"), with abundant pale cytoplasm (0.5 to 0.9 of a nucleus radius);
+    ``"lobulated"``: a nucleus cut into 3 or 4 deep lobes (a harmonic of that order with
+    amplitude 0.45 to 0.6 of the radius, as in a neutrophil or a flower cell) with a wide
+    rim. A tumoral patient's stain drift and size otherwise.
+
+    Returns
+    -------
+    image, nucleus, cell_mask
+        As :func:`draw_cell`.
+    """
+    if kind not in ATYPICAL_KINDS:
+        raise ValueError(f"kind must be one of {ATYPICAL_KINDS}, got {kind!r}")
+    p = sample_patient(rng, 1)
+    c = _sample_cell(rng, p)
+    if kind == "cerebriform":
+        folds = tuple((k, float(rng.uniform(0.05, 0.10)), float(rng.uniform(0, 2 * np.pi)))
+                      for k in (6, 7, 8, 9))
+        c = replace(c, folds=folds, rim=float(c.nucleus_radius * rng.uniform(0.5, 0.9)),
+                    deep_blue=False, wrap=0)
+    else:
+        k = int(rng.integers(3, 5))
+        c = replace(c, folds=((k, float(rng.uniform(0.45, 0.6)), float(rng.uniform(0, 6.3))),),
+                    rim=float(rng.uniform(10, 16)), deep_blue=False, wrap=0)
     return draw_cell(rng, p, c, palette)
 
 
