@@ -33,7 +33,7 @@ from .models.candidates import cv_depth
 from .models.selection import ModelChoice
 from .zone import in_zone
 
-__all__ = ["CVResult", "nested_cv", "binary_metrics", "bootstrap_ci",
+__all__ = ["CVResult", "NO_RAILS", "nested_cv", "binary_metrics", "bootstrap_ci",
            "triage_curve", "reliability",
            "min_class_size", "check_cohort_size"]
 
@@ -140,6 +140,10 @@ def check_cohort_size(y, splits) -> None:
 
 # --- nested CV ------------------------------------------------------------------------------
 
+#: The name of the rule's calls without the rails of :mod:`cellfeat.models.routing`, in the
+#: same folds as ``"nested"``: the design before issue 28, for the paired comparison.
+NO_RAILS = "nested (no rails)"
+
 @dataclass
 class CVResult:
     """Out-of-fold outputs of :func:`nested_cv`.
@@ -151,7 +155,11 @@ class CVResult:
     held-out patient was in the overlap zone learnt from its fold's training patients
     (:mod:`cellfeat.zone`), ``fold`` its outer fold in each repeat. ``chosen`` lists the
     candidate the rule picked in each outer fold; ``fold_scores`` has one row per (fold,
-    candidate) with its inner log-loss, thresholds and outer figures.
+    candidate) with its inner log-loss, thresholds and outer figures. ``NO_RAILS`` holds the
+    rule's calls in the same folds without the rails of :mod:`cellfeat.models.routing`
+    (count floor above the zone, triage above it, atypical patients sent), for a paired
+    comparison; ``atypical`` (repeats, n) says which held-out patients were beyond the
+    atypicality bar fitted on their fold's training patients (all False without it).
     """
 
     ids: list
@@ -162,6 +170,7 @@ class CVResult:
     triage: dict = field(default_factory=dict)
     zone: np.ndarray | None = None
     fold: np.ndarray | None = None
+    atypical: np.ndarray | None = None
     chosen: list = field(default_factory=list)
     zone_limits: list = field(default_factory=list)
     fold_scores: pd.DataFrame | None = None
@@ -264,7 +273,7 @@ class CVResult:
         spec = lambda y, p: (p[y == 0] == 0).mean()  # noqa: E731
         tr = self.triage[name]
         th = self.fold_scores
-        th = th[th["candidate"] == name]["triage_threshold"] if name != "nested" else \
+        th = th[th["candidate"] == name]["triage_threshold"] if name not in ("nested", NO_RAILS) else \
             self.fold_scores[self.fold_scores["chosen"]]["triage_threshold"]
         return {"target_sensitivity": self.target_sensitivity,
                 "sensitivity": float(np.mean([sens(self.y, p) for p in tr])),
@@ -278,7 +287,7 @@ class CVResult:
 def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, fallbacks=None, folds: int = 5,
               repeats: int = 4, inner_folds: int = 3, inner_repeats: int = 2, seed: int = 0,
               target_sensitivity: float = 0.95, n_jobs: int = 1, callback=None,
-              internal_depth=None) -> CVResult:
+              internal_depth=None, atypicality=None) -> CVResult:
     """Repeated stratified K-fold of :class:`cellfeat.models.ModelChoice`.
 
     In each outer fold the rule is fitted on the outer training patients only, and the
@@ -310,6 +319,9 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, fallbacks=None, 
         Outer folds fitted in parallel (joblib).
     callback : callable, optional
         Called with no argument after each finished outer fold, for progress.
+    atypicality : :class:`~cellfeat.atypia.Atypicality`, optional
+        Unfitted; the rule fits it on each fold's training patients (see
+        :class:`~cellfeat.models.ModelChoice`).
     """
     from joblib import Parallel, delayed
 
@@ -321,7 +333,7 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, fallbacks=None, 
                                          random_state=seed).split(np.zeros(len(y)), y))
     rule = ModelChoice(cands, eligible=eligible, fallbacks=fallbacks, cv=inner_folds,
                        repeats=inner_repeats, random_state=seed,
-                       target_sensitivity=target_sensitivity)
+                       target_sensitivity=target_sensitivity, atypicality=atypicality)
     counts = (pd.to_numeric(X["LYMPH_COUNT"], errors="coerce").to_numpy(float)
               if isinstance(X, pd.DataFrame) and "LYMPH_COUNT" in X else None)
 
@@ -331,16 +343,21 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, fallbacks=None, 
         tr, te = outer[k]
         fitted = clone(rule).fit(rows(X, tr), y[tr])
         calls = fitted.calls(rows(X, te))
+        bare = fitted.calls(rows(X, te), rails=False)
         out = {"nested": (calls["PROBA"].to_numpy(), calls["LABEL"].to_numpy(),
-                          calls["CYTOMETRY"].to_numpy())}
+                          calls["CYTOMETRY"].to_numpy()),
+               NO_RAILS: (bare["PROBA"].to_numpy(), bare["LABEL"].to_numpy(),
+                          bare["CYTOMETRY"].to_numpy())}
+        flagged = (calls["ATYPICAL"].to_numpy(bool) if "ATYPICAL" in calls
+                   else np.zeros(len(te), bool))
         info = {}
         for name, m in fitted.models_.items():
             p = m.predict_proba(rows(X, te))[:, 1]
             out[name] = (p, call(p, m.threshold_), call(p, m.triage_threshold_))
             info[name] = (m.threshold_, m.triage_threshold_, fitted.selection_.get(name))
-        return k, fitted.chosen_, fitted.zone_limit_, out, info
+        return k, fitted.chosen_, fitted.zone_limit_, out, info, flagged
 
-    names = [n for n, _ in cands] + ["nested"]
+    names = [n for n, _ in cands] + ["nested", NO_RAILS]
     res = CVResult(ids=list(X.index), y=y, target_sensitivity=target_sensitivity)
     for n in names:
         res.proba[n] = np.full((repeats, len(y)), np.nan)
@@ -348,12 +365,14 @@ def nested_cv(candidates, X: pd.DataFrame, y, *, eligible=None, fallbacks=None, 
         res.triage[n] = np.full((repeats, len(y)), -1)
     res.zone = np.ones((repeats, len(y)), bool)
     res.fold = np.full((repeats, len(y)), -1)
+    res.atypical = np.zeros((repeats, len(y)), bool)
     rows_, chosen, limits = [], {}, {}
-    for k, best, limit, out, info in Parallel(n_jobs=n_jobs, return_as="generator")(
+    for k, best, limit, out, info, flagged in Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(task)(k) for k in range(len(outer))):
         r, te = k // folds, outer[k][1]
         chosen[k], limits[k] = best, limit
         res.fold[r, te] = k % folds
+        res.atypical[r, te] = flagged
         if limit is not None and counts is not None:
             res.zone[r, te] = in_zone(counts[te], limit)
         for name, (p, pred, tri) in out.items():

@@ -258,8 +258,8 @@ def residual_margin(p_model, p_seen, q: float = MARGIN_QUANTILE) -> float:
     return float(np.quantile(d, q)) if d.size else 0.0
 
 
-def interval_calls(models: dict, X: pd.DataFrame, drifts: dict, margin: float = 0.0
-                   ) -> pd.DataFrame:
+def interval_calls(models: dict, X: pd.DataFrame, drifts: dict, margin: float = 0.0, *,
+                   zone_limit: float | None = None) -> pd.DataFrame:
     """Each patient's stability interval: the range of P(tumoral) that a shift of the panel's
     size could give it, and whether that range keeps the call.
 
@@ -278,6 +278,9 @@ def interval_calls(models: dict, X: pd.DataFrame, drifts: dict, margin: float = 
         The drift of each feature under the shift (:func:`drifted_frame`).
     margin : float, default 0
         Log-odds added on both sides of every P(tumoral).
+    zone_limit : float, optional
+        The overlap-zone limit: above it each call is floored at the clinical model's
+        P(tumoral), as :func:`cellfeat.models.routed_calls` does.
 
     Returns
     -------
@@ -289,11 +292,11 @@ def interval_calls(models: dict, X: pd.DataFrame, drifts: dict, margin: float = 
     from .decision import call
     from .models.routing import routed_calls
 
-    base = routed_calls(models, X)
+    base = routed_calls(models, X, zone_limit=zone_limit)
     called = base["LABEL"].to_numpy() >= 0
     logits, moved = [logit(base["PROBA"])], [[] for _ in range(len(X))]
     for name, drift in drifts.items():
-        c = routed_calls(models, drifted_frame(X, drift))
+        c = routed_calls(models, drifted_frame(X, drift), zone_limit=zone_limit)
         logits.append(logit(c["PROBA"]))
         for i in np.flatnonzero((c["LABEL"].to_numpy() != base["LABEL"].to_numpy()) & called):
             moved[i].append(name)

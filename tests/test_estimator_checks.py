@@ -19,6 +19,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cellfeat.models.celltype import CellTypeScore
+from cellfeat.models.learners import TrainingRange
 from cellfeat.heterogeneity import HeterogeneityScores
 from cellfeat.mil import MISVM, InstanceScoreBagFeatures
 from cellfeat.models import (BalancedXGBClassifier, CellBagFeatures, ClinicalFeatures,
@@ -58,11 +59,11 @@ def _expected_on_arrays(estimator):
         return HETEROGENEITY_EXPECTED
     if isinstance(estimator, InstanceScoreBagFeatures):
         return INSTANCE_SCORES_EXPECTED
-    return {}  # BalancedXGBClassifier passes every check
+    return {}  # BalancedXGBClassifier and TrainingRange pass every check
 
 
 @parametrize_with_checks([BalancedXGBClassifier(n_estimators=5), HeterogeneityScores(),
-                          InstanceScoreBagFeatures(MISVM(random_state=0))],
+                          InstanceScoreBagFeatures(MISVM(random_state=0)), TrainingRange()],
                          expected_failed_checks=_expected_on_arrays)
 def test_array_estimators(estimator, check):
     check(estimator)

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from cellfeat.decision import CalibratedDecision, platt_apply, platt_fit, triage_threshold
-from cellfeat.evaluation import (binary_metrics, bootstrap_ci, check_cohort_size,
+from cellfeat.evaluation import (NO_RAILS, binary_metrics, bootstrap_ci, check_cohort_size,
                                  min_class_size, nested_cv)
 from cellfeat.models import ModelChoice
 
@@ -423,4 +423,12 @@ def test_nested_estimate_routes_patients_as_score_does():
     same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)  # noqa: E731
     same(res.proba["nested"][0, i_age], res.proba["mean-ridge"][0, i_age])
     same(res.proba["nested"][0, i_cells], res.proba["clinical-logreg"][0, i_cells])
-    same(res.proba["nested"][0, rest], res.proba["clinical+mean-ridge"][0, rest])
+    same(res.proba[NO_RAILS][0, rest], res.proba["clinical+mean-ridge"][0, rest])
+    # with the rails (issue 28): inside each fold's zone the chosen model's call, above it
+    # the clinical model's P(tumoral) as a floor, and every patient above it sent
+    zone, main = res.zone[0, rest], res.proba["clinical+mean-ridge"][0, rest]
+    floor = np.maximum(main, res.proba["clinical-logreg"][0, rest])
+    same(res.proba["nested"][0, rest][zone], main[zone])
+    same(res.proba["nested"][0, rest][~zone], floor[~zone])
+    assert (~zone).sum() >= 5 and (floor[~zone] > main[~zone]).any()  # the floor was used
+    assert (res.triage["nested"][0, rest][~zone] == 1).all()

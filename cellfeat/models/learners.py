@@ -5,8 +5,10 @@ chosen by inner CV), XGBoost with class balance, LightGBM, and the clinical base
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, OneToOneFeatureMixin, TransformerMixin
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -20,7 +22,7 @@ from ..mil import MISVM
 from .celltype import CellTypeScore
 from .inputs import CLINICAL_NAMES, CellBagFeatures, ClinicalFeatures, MILFeatures, ZoneMeans
 
-__all__ = ["BalancedXGBClassifier", "ClinicalLogReg", "RIDGE_C", "head", "input_union",
+__all__ = ["BalancedXGBClassifier", "ClinicalLogReg", "TrainingRange", "RIDGE_C", "head", "input_union",
            "pipeline_steps"]
 
 
@@ -99,9 +101,48 @@ def _logreg_cv():
         max_iter=5000, l1_ratios=(0.0,), use_legacy_attributes=False)
 
 
-def _impute_scale():
+def _impute_scale(clip: bool = False):
+    clipped = [("clip", TrainingRange())] if clip else []
     return [("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler())]
+            *clipped, ("scale", StandardScaler())]
+
+
+class TrainingRange(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Clip every input to the range the training rows spanned: x ↦ min(max(x, low_j),
+    high_j), with ``low_``/``high_`` the per-column minimum and maximum seen by ``fit``.
+
+    A linear model extrapolates without limit: one patient whose cell means lie ten
+    between-patient SDs outside anything it was fitted on can reach P = 0.000 on its own
+    (issue 28). Clipped, each input contributes at most what some training patient's did,
+    so such a patient cannot be pushed further than the training data support; inside the
+    range nothing changes. (Clipping *cells* to the training cells' range was tried and
+    missed an atypical patient: each cell was plausible, the bag was not. This clips the
+    patient-level inputs; :mod:`cellfeat.atypia` flags the bag.) NaN stays NaN.
+
+    Examples
+    --------
+    >>> TrainingRange().fit([[0.0], [2.0]]).transform([[-1.0], [1.0], [5.0]]).ravel().tolist()
+    [0.0, 1.0, 2.0]
+    """
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column stays NaN
+            self.low_, self.high_ = np.nanmin(X, axis=0), np.nanmax(X, axis=0)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "low_")
+        X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
+        low = np.where(np.isnan(self.low_), -np.inf, self.low_)
+        high = np.where(np.isnan(self.high_), np.inf, self.high_)
+        return np.clip(X, low, high)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
 
 
 #: The fixed penalty of the ``ridge`` learner: the per-patient mean of every cell feature is
@@ -117,9 +158,9 @@ def head(kind: str):
     C by inner CV on log-loss), ``ridge`` (L2 logistic regression, C = :data:`RIDGE_C`),
     ``xgb``, ``lgbm``; all class-weighted, the linear ones on imputed, standardised inputs."""
     if kind == "logreg":
-        return [*_impute_scale(), ("model", _logreg_cv())]
+        return [*_impute_scale(clip=True), ("model", _logreg_cv())]
     if kind == "ridge":
-        return [*_impute_scale(), ("model", _logreg(RIDGE_C))]
+        return [*_impute_scale(clip=True), ("model", _logreg(RIDGE_C))]
     if kind == "xgb":
         return [("model", BalancedXGBClassifier())]
     if kind == "lgbm":

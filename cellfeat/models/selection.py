@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ..decision import CalibratedDecision, call
@@ -64,7 +64,11 @@ class ModelChoice(ClassifierMixin, BaseEstimator):
     (:func:`~cellfeat.models.routing.routed_calls`): the chosen model for patients with
     every input, the ``fallbacks`` for patients without usable cells or without age and
     count. ``zone_limit_`` is the top of the overlap zone learnt from the training patients
-    (:func:`cellfeat.zone.zone_limit`; None when the inputs carry no count).
+    (:func:`cellfeat.zone.zone_limit`; None when the inputs carry no count). Routed calls
+    also carry the rails of :mod:`cellfeat.models.routing`: above the zone limit the
+    clinical fallback's P(tumoral) is a floor and every patient is sent to cytometry, and a
+    patient beyond the bar of ``atypicality_`` is sent too; ``calls(X, rails=False)`` gives
+    the calls without them, for paired comparison.
 
     Parameters
     ----------
@@ -75,6 +79,9 @@ class ModelChoice(ClassifierMixin, BaseEstimator):
         Route name (``"clinical"``, ``"image"``) -> candidate name. Without it every row
         goes to the chosen model.
     cv, repeats, random_state, target_sensitivity : see ``CalibratedDecision``
+    atypicality : :class:`~cellfeat.atypia.Atypicality`, optional
+        Unfitted; fitted on the training patients beside the candidates (cohort frames
+        only).
 
     Attributes
     ----------
@@ -83,11 +90,13 @@ class ModelChoice(ClassifierMixin, BaseEstimator):
     selection_ : dict of name -> {"loss", "gap", "gap_se"} (inner, for ranking only)
     routes_ : dict of route -> fitted CalibratedDecision (``"main"`` is the chosen one)
     zone_limit_ : float or None
+    atypicality_ : fitted Atypicality or None
     """
 
     def __init__(self, candidates, *, eligible=None, fallbacks=None, cv=3, repeats=2,
-                 random_state=0, target_sensitivity=0.95):
+                 random_state=0, target_sensitivity=0.95, atypicality=None):
         self.candidates = candidates
+        self.atypicality = atypicality
         self.eligible = eligible
         self.fallbacks = fallbacks
         self.cv = cv
@@ -115,17 +124,25 @@ class ModelChoice(ClassifierMixin, BaseEstimator):
         if isinstance(X, pd.DataFrame) and "LYMPH_COUNT" in X:
             self.zone_limit_ = zone_limit(pd.to_numeric(X["LYMPH_COUNT"], errors="coerce"),
                                           np.asarray(y) == self.classes_[1])
+        self.atypicality_ = None
+        if self.atypicality is not None and isinstance(X, pd.DataFrame) and "CELLS" in X:
+            self.atypicality_ = clone(self.atypicality).fit(X, y)
         return self
 
     def _routed(self, X) -> bool:
         return bool(self.fallbacks) and isinstance(X, pd.DataFrame) and "CELLS" in X
 
-    def calls(self, X) -> pd.DataFrame:
+    def calls(self, X, *, rails: bool = True) -> pd.DataFrame:
         """Routed calls of each patient: ``ROUTE``, ``PROBA``, ``THRESHOLD``,
-        ``TRIAGE_THRESHOLD``, ``LABEL``, ``CYTOMETRY`` (see ``routed_calls``)."""
+        ``TRIAGE_THRESHOLD``, ``LABEL``, ``CYTOMETRY``, ``FLOOR``, ``ABOVE_ZONE``,
+        ``ATYPICAL`` (see ``routed_calls``); ``rails=False``: without the count floor, the
+        zone's triage rail and the atypicality flag."""
         check_is_fitted(self, "model_")
         if self._routed(X):
-            return routed_calls(self.routes_, X)
+            if not rails:
+                return routed_calls(self.routes_, X)
+            return routed_calls(self.routes_, X, zone_limit=self.zone_limit_,
+                                atypicality=getattr(self, "atypicality_", None))
         p = self.model_.predict_proba(X)[:, 1]
         index = X.index if isinstance(X, pd.DataFrame) else None
         return pd.DataFrame({"ROUTE": "main", "PROBA": p, "THRESHOLD": self.model_.threshold_,

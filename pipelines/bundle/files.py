@@ -81,6 +81,7 @@ ESTIMATOR_TYPES = frozenset({
     "cellfeat.models.learners.ClinicalLogReg", "cellfeat.models.stacking.ImageLogit",
     "cellfeat.models.inputs.ZoneMeans", "cellfeat.models.celltype.CellTypeScore",
     "cellfeat.cnn.CNNExpert", "cellfeat.cnn.CNNEmbedding",
+    "cellfeat.models.learners.TrainingRange", "cellfeat.atypia.Atypicality",
     "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
     "sklearn.impute._base.SimpleImputer", "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._label.LabelEncoder",

@@ -428,8 +428,47 @@ def _cnn_embedding(m):
         _a(m, "expert_", "CNNExpert")
 
 
+def _training_range(m):
+    if _fitted(m, "low_", "high_", "n_features_in_"):
+        _number(m, "n_features_in_", 1, MAX_ITEMS, whole=True)
+        n = int(m.n_features_in_)
+        low, high = _numbers(m, "low_", n=n), _numbers(m, "high_", n=n)
+        if (low > high).any():
+            raise NotTrained(f"{_where(m, 'low_')} lies above {_where(m, 'high_')}")
+
+
+def _atypicality(m):
+    _number(m, "alpha", 0, 0.5, above=True)
+    _folds(m)
+    _seed(m)
+    if m.features is not None:
+        _names(m, "features")
+    if _fitted(m, "features_", "center_", "scale_", "precision_", "low_", "high_", "bars_",
+               "oof_distance_", "oof_exceedance_", "qc_failed_share_", "cell_center_",
+               "cell_scale_"):
+        n = len(_names(m, "features_"))
+        for attr in ("center_", "low_", "high_", "cell_center_"):
+            _numbers(m, attr, n=n)
+        for attr in ("scale_", "cell_scale_"):
+            _numbers(m, attr, n=n, positive=True)
+        p = np.asarray(m.precision_)
+        if not (p.shape == (n, n) and p.dtype.kind == "f" and np.isfinite(p).all()):
+            raise NotTrained(f"{_where(m, 'precision_')} is not a {n}x{n} matrix of numbers")
+        if (np.asarray(m.low_) > np.asarray(m.high_)).any():
+            raise NotTrained(f"{_where(m, 'low_')} lies above {_where(m, 'high_')}")
+        bars = _record(m, "bars_", ("qc", "distance", "range"))
+        _number(bars, "qc", 0, 1)
+        for key in ("distance", "range"):
+            _number(bars, key, 0, 1e6)
+        _numbers(m, "oof_distance_", lo=0)
+        _numbers(m, "oof_exceedance_", lo=0)
+        _numbers(m, "qc_failed_share_", lo=0, hi=1)
+
+
 #: Class name -> check of its parameters and fitted attributes (what training writes).
 FITTED = {
+    "TrainingRange": _training_range,
+    "Atypicality": _atypicality,
     "CalibratedDecision": _calibrated_decision,
     "ClinicalFeatures": _clinical_features,
     "CellBagFeatures": _cell_bag_features,
@@ -717,6 +756,20 @@ META = _m_record({
                              "auc_ci95": _INTERVAL}),
         "clinical": _m_record({"ba": _m_figure, "auc": _m_figure}),
         "gain": _m_record({"delta": _m_figure, "ci95": _INTERVAL})}),
+    "rails": _m_record({
+        "rule": _m_text,
+        "without": _m_record({"ba": _m_figure, "auc": _m_figure, "zone_ba": _m_figure,
+                              "zone_auc": _m_figure, "triage_sensitivity": _m_figure,
+                              "triage_spared": _m_figure}),
+        "gain": _m_record({"delta": _m_figure, "ci95": _INTERVAL, "auc_delta": _m_figure,
+                           "auc_ci95": _INTERVAL, "zone_delta": _m_figure,
+                           "zone_ci95": _INTERVAL}),
+        "atypical": _m_record({"alpha": _m_unit,
+                               "bars": _m_record({"qc": _m_unit, "distance": _m_number(0, 1e6),
+                                                  "range": _m_number(0, 1e6)}),
+                               "oof_flagged": _m_int(), "oof_calls": _m_int(),
+                               "oof_share": _m_unit, "oof_patients": _m_int(),
+                               "patients": _m_int()})}),
     "images_vs_clinical": _m_record({"delta": _m_figure, "ci95": _INTERVAL,
                                      "auc_delta": _m_figure, "auc_ci95": _INTERVAL}),
     "triage": _m_record({"target_sensitivity": _m_unit, "sensitivity": _m_figure,

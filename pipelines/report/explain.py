@@ -216,8 +216,11 @@ def _top(ex, top):
     rows = [{"name": ex["names"][i], "parts": ex["names"][i].split("_"),
              "gloss": gloss(ex["names"][i]), "value": float(ex["raw"][i]),
              "contrib": float(c[i]), "width": 50 * abs(float(c[i])) / scale} for i in order]
+    clinical = np.array([str(n).startswith("Clinical_") for n in ex["names"]], bool)
     return {"kind": "additive", "rows": rows, "bias": ex["bias"], "method": ex["method"],
-            "total": float(c.sum() + ex["bias"]), "rest": float(c.sum() - c[order].sum())}
+            "total": float(c.sum() + ex["bias"]), "rest": float(c.sum() - c[order].sum()),
+            "clinical": float(c[clinical].sum()), "cells": float(c[~clinical].sum()),
+            "has_cells": bool((~clinical).any())}
 
 
 # --------------------------------------------------------------------------- cell ranking
@@ -246,3 +249,98 @@ def leave_one_cell_out(model, X1: pd.DataFrame, batch: int = 64) -> tuple[np.nda
             bags["CROPS"] = [np.delete(crops, j, axis=0) for j in chunk]
         deltas.append(p_all - model.predict_proba(bags)[:, 1])
     return rows, np.concatenate(deltas)
+
+
+# --------------------------------------------------------------------------- what decided
+
+def _towards(x: float) -> str:
+    return "tumoral" if x > 0 else "reactive"
+
+
+def decision_text(*, call: str, route: str, zone: str, count, limit, contrib: dict | None = None,
+                  threshold=None, floor: dict | None = None, atypical: str | None = None,
+                  triage: str | None = None) -> str:
+    """"What decided" a patient's call, written from the call itself: its route and zone, the
+    count's floor where it applied, the atypicality flag, and this patient's own
+    contributions (``contrib``, :func:`contributions`), split into the cells' and age and
+    count's parts. Every direction it states is the sign of a contribution, and the part
+    it says carried the call pushed towards that call, so the text cannot contradict it.
+
+    Parameters
+    ----------
+    call : "tumoral", "reactive" or "no call"
+    route, zone : the prediction's ``MODEL`` and ``ZONE``
+    count, limit : the patient's lymphocyte count and the overlap-zone limit
+    contrib : the patient's contributions (``kind`` "additive" gives the split)
+    threshold : the decision threshold (P(tumoral)), for the log-odds the parts are read
+        against
+    floor : ``{"cells": P, "clinical": P}`` when the count's floor raised P(tumoral)
+    atypical : the reason when the patient is beyond the atypicality bar
+    triage : the prediction's ``TRIAGE``
+    """
+    def num(x, fmt):
+        return "unknown" if x is None or not np.isfinite(float(x)) else format(float(x), fmt)
+
+    count_txt, limit_txt = f"{num(count, '.1f')} ×10⁹/L", num(limit, ".1f")
+    out = []
+    if atypical:
+        out.append(f"Atypical cells ({atypical}): sent to cytometry whatever P(tumoral); "
+                   f"the model was not fitted on patients like this one.")
+    if call == "no call" or route in ("none", ""):
+        return " ".join(out + ["No call: neither usable cells nor age and count."])
+    if route == "image":
+        out.append("Age or lymphocyte count is missing: the call rests on the cells alone "
+                   "(the image-only model).")
+    elif route == "clinical":
+        out.append("No usable cell: the call rests on age and lymphocyte count alone "
+                   "(the clinical model).")
+    if zone == "count":
+        out.append(f"Lymphocyte count {count_txt} is above every reactive training patient's "
+                   f"({limit_txt}): every training patient there was tumoral, so the count "
+                   f"decides and the cells may not overturn it.")
+        if floor:
+            out.append(f"The model reading the cells gave P(tumoral) {floor['cells']:.3f}, the "
+                       f"clinical model {floor['clinical']:.3f}; the call uses the higher one "
+                       f"and is {call}.")
+            return " ".join(out + _triage_note(zone, triage, call))
+    elif zone == "overlap" and route != "image":
+        out.append(f"Lymphocyte count {count_txt} lies in the overlap zone (at or below "
+                   f"{limit_txt}, the highest count of a reactive training patient): reactive "
+                   f"and tumoral patients overlap here, so the cells must carry the call.")
+    if contrib and contrib.get("kind") == "additive":
+        out.append(_parts_text(contrib, call, threshold))
+    else:
+        out.append(f"Called {call}.")
+    return " ".join(out + _triage_note(zone, triage, call))
+
+
+def _parts_text(contrib: dict, call: str, threshold) -> str:
+    """Which way the cells and age and count pushed this patient, in log-odds, and which of
+    them carried the call (one that pushed towards it; the baseline when none did)."""
+    want = 1.0 if call == "tumoral" else -1.0
+    parts = []  # as printed (2 decimals): a push that prints as 0.00 is none
+    if contrib.get("has_cells", True) and contrib.get("cells") is not None:
+        parts.append(("the cells", round(float(contrib["cells"]), 2)))
+    if abs(contrib.get("clinical", 0.0)) > 0 or not parts:
+        parts.append(("age, sex and count", round(float(contrib.get("clinical", 0.0)), 2)))
+    pushed = "; ".join(f"{name} pushed towards {_towards(v)} ({v:+.2f} log-odds)"
+                       for name, v in parts if v != 0)
+    text = f"Called {call}" + (f": {pushed}." if pushed else ".")
+    with_call = [(name, v) for name, v in parts if v * want > 0]
+    if with_call:
+        name, _ = max(with_call, key=lambda t: abs(t[1]))
+        text += f" {name[0].upper() + name[1:]} carried the call towards {call}."
+    else:
+        cut = ("" if threshold is None else
+               f" against the threshold's {float(np.log(threshold / (1 - threshold))):+.2f}")
+        text += (f" Neither moved it towards {call}: the call follows the baseline of an "
+                 f"average training patient ({float(contrib.get('bias', 0.0)):+.2f} log-odds"
+                 f"{cut}).")
+    return text
+
+
+def _triage_note(zone, triage, call) -> list[str]:
+    if zone == "count" and triage == "cytometry" and call == "reactive":
+        return ["Sent to cytometry all the same: no training patient above the zone limit was "
+                "reactive, so sparing cytometry here is never supported."]
+    return []

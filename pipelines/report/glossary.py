@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["gloss"]
+__all__ = ["gloss", "atypical_reason"]
 
 
 _OBJECTS = {"Nucleus": "nucleus", "Cytoplasm": "cytoplasm", "Cell": "whole cell",
@@ -96,3 +96,30 @@ def gloss(name: str) -> str:
     # a feature newer than this glossary: its name's words, so the reader still gets words
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", " ".join(parts[1:])).lower()
     return f"{obj}: {words}"
+
+
+def _input_words(name: str) -> str:
+    """A model input in words, without the "mean over cells of" every input shares."""
+    words = gloss(name) or name
+    return words.removeprefix(_STATS["Mean"] + " of ")
+
+
+def atypical_reason(row, bars: dict, top: int = 2) -> str:
+    """Why a patient is beyond the atypicality bar, in words (``row``: its line of
+    :meth:`cellfeat.atypia.Atypicality.score`; ``bars``: the fitted ``bars_``), e.g.
+    "59 % of images failed QC (training patients: at most 23 %); nucleus deepest notch or
+    cleft far outside the training range"."""
+    parts, outside = [], list(row["OUTSIDE"])[:top]
+    if "qc" in row["BEYOND"]:
+        parts.append(f"{100 * row['QC_FAILED_SHARE']:.0f} % of images failed QC (training "
+                     f"patients: at most {100 * bars['qc']:.0f} %)")
+    if "range" in row["BEYOND"] and outside:
+        parts.append(" and ".join(_input_words(n) for n in outside)
+                     + f" far outside the training range ({row['EXCEEDANCE']:.1f} SD beyond)")
+    if "distance" in row["BEYOND"]:
+        text = (f"cell measurements far from every training patient's (distance "
+                f"{row['DISTANCE']:.1f}, bar {bars['distance']:.1f})")
+        if outside and "range" not in row["BEYOND"]:
+            text += "; most unusual: " + " and ".join(_input_words(n) for n in outside)
+        parts.append(text)
+    return "; ".join(parts) or "beyond the atypicality bar"

@@ -25,7 +25,8 @@ import cellfeat
 from cellfeat.extract import QC_COLUMN
 
 from ..io import write_text
-from .explain import contributions, final_step, heterogeneity_values, leave_one_cell_out
+from .explain import (contributions, decision_text, final_step, heterogeneity_values,
+                      leave_one_cell_out)
 from .figures import cell_tile, distribution_figure, file_uri, jpeg_uri, missing
 from .glossary import gloss
 
@@ -145,32 +146,6 @@ def _qc_reasons(feat_dir: Path | None, ids) -> pd.DataFrame:
     return cells
 
 
-def evidence_text(route: str, zone: str, count, limit) -> str:
-    """Which evidence drove a call, in plain words (route and overlap zone of the patient)."""
-    count_txt = f"{float(count):.1f} ×10⁹/L" if not missing(count) else "unknown"
-    limit_txt = f"{float(limit):.1f}" if not missing(limit) else "?"
-    if route == "none" or not route:
-        return "No call: neither usable cells nor age and count."
-    if route == "image":
-        return ("Age or lymphocyte count is missing: the call rests on the cells alone "
-                "(the image-only model).")
-    if route == "clinical":
-        text = "No usable cell: the call rests on age and lymphocyte count alone (the clinical model)."
-        if zone == "overlap":
-            text += (f" The count ({count_txt}) lies in the overlap zone (at or below {limit_txt}), "
-                     f"where the clinical data are weak.")
-        return text
-    if zone == "overlap":
-        return (f"Lymphocyte count {count_txt} lies in the overlap zone (at or below {limit_txt}, "
-                f"the highest count of a reactive training patient): reactive and tumoral "
-                f"patients overlap here, so the call rests on the cells, read with age and count.")
-    if zone == "count":
-        return (f"Lymphocyte count {count_txt} is above every reactive training patient's "
-                f"({limit_txt}): at such counts every training patient was tumoral, so the count "
-                f"carries most of the call; the cells are read too.")
-    return "The call reads the cells, age and lymphocyte count together."
-
-
 def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, models: dict,
                          meta: dict, feat_dir=None, data=None, k: int = 8) -> dict:
     """Everything the scoring page shows, as plain data (numbers, strings, data URIs)."""
@@ -213,23 +188,35 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         tiles, ranking_note = [], None
         if model is not None and route not in ("clinical", "none"):
             tiles, ranking_note = _ranked_tiles(model, X1, mine, files_of[pid], call, method, k)
+        atypical = str(r.get("ATYPICAL", "")) == "yes"
+        odd_tiles = (_atypical_tiles(models["atypicality"], X1, mine, files_of[pid], method, k)
+                     if atypical and models.get("atypicality") is not None else [])
         n_found, n_used = int(r["N_CELLS"]), int(r["N_CELLS_USED"])
         gender = X1["GENDER"].iloc[0]   # pd.NA when blank or unknown: its truth value raises
         gender = None if missing(gender) else str(gender)
         p_text, thr_text = _pair(proba, thr)
         zone = str(r["ZONE"]) if "ZONE" in r and isinstance(r["ZONE"], str) else ""
+        floor = _floor(models, X1, zone_meta.get("limit")) if route == "main" and zone == "count" \
+            else None
+        status = str(r["STATUS"])
+        reason = (status.split("atypical cells: ", 1)[1].split(": sent to cytometry")[0]
+                  if atypical and "atypical cells: " in status else None)
         summary.append({"id": pid, "anchor": f"p{len(summary)}", "call": call, "proba": proba,
                         "p_text": p_text, "thr_text": thr_text,
                         "threshold": thr, "triage": triage, "status": str(r["STATUS"]),
                         "n_used": n_used, "n_found": n_found, "zone": zone,
                         "in_training": bool(r.get("IN_TRAINING", False)),
-                        "evidence": evidence_text(route, zone, X1["LYMPH_COUNT"].iloc[0],
-                                                  zone_meta.get("limit"))})
+                        "atypical": atypical,
+                        "evidence": decision_text(
+                            call=call, route=route, zone=zone, count=X1["LYMPH_COUNT"].iloc[0],
+                            limit=zone_meta.get("limit"), contrib=contrib, threshold=thr,
+                            floor=floor, atypical=reason, triage=triage)})
         patients.append({**summary[-1], "model": route, "age": X1["AGE"].iloc[0],
                          "count": X1["LYMPH_COUNT"].iloc[0], "gender": gender,
                          "clinical_fig": distribution_figure(clin), "het_fig": het_fig,
                          "het_missing": not het_names, "contrib": contrib, "tiles": tiles,
-                         "ranking_note": ranking_note, "unusable": unusable})
+                         "ranking_note": ranking_note, "unusable": unusable,
+                         "odd_tiles": odd_tiles})
     statuses = pred["STATUS"].map(status_kind).value_counts()
     qc_counts = cells_long[QC_COLUMN].map(status_kind).value_counts()
     near = int((pred["STABLE"] == "no").sum()) if "STABLE" in pred else 0
@@ -248,6 +235,41 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         "summary": summary, "patients": patients,
         "unusable_total": sum(len(p["unusable"]) for p in patients),
     }
+
+
+def _floor(models: dict, X1: pd.DataFrame, limit) -> dict | None:
+    """``{"cells": P, "clinical": P}`` when the count's floor raised this patient's
+    P(tumoral) (:func:`cellfeat.models.routed_calls`), else None."""
+    from cellfeat.models import routed_calls
+
+    if missing(limit) or models.get("clinical") is None:
+        return None
+    if not bool(routed_calls(models, X1, zone_limit=float(limit))["FLOOR"].iloc[0]):
+        return None
+    return {"cells": float(models["main"].predict_proba(X1)[0, 1]),
+            "clinical": float(models["clinical"].predict_proba(X1)[0, 1])}
+
+
+def _atypical_tiles(atypicality, X1, mine, files, method, k):
+    """The ``k`` usable cells of an atypical patient farthest from the training cells
+    (:meth:`cellfeat.atypia.Atypicality.cell_scores`), farthest first."""
+    from cellfeat.data import ImageReadError
+
+    score = atypicality.cell_scores(X1["CELLS"].iloc[0])
+    order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+             if np.isfinite(score[i])][:k]
+    tiles = []
+    for i in order:
+        name = mine["FILE"].iloc[i] if i < len(mine) else None
+        path = files.get(name) if name is not None else None
+        if path is None:
+            continue
+        try:
+            tile = cell_tile(path, method)
+        except ImageReadError:
+            continue
+        tiles.append({"uri": jpeg_uri(tile), "file": name, "score": float(score[i])})
+    return tiles
 
 
 def _ranked_tiles(model, X1, mine, files, call, method, k):

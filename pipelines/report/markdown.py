@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cellfeat.evaluation import NO_RAILS
+
 from ..io import write_text
 
 #: Where the train stage leaves the colour-stability figures for this report.
@@ -73,10 +75,37 @@ def first_screen(meta: dict) -> list[str]:
         f"{_pct(t['target_sensitivity'])}; 95% CI {_pct(t['sensitivity_ci95'][0])}-"
         f"{_pct(t['sensitivity_ci95'][1])}), {_pct(t['specificity'])} of reactive patients "
         f"spared it (95% CI {_pct(t['specificity_ci95'][0])}-{_pct(t['specificity_ci95'][1])})",
+        *_rails_lines(meta),
         f"saved model: {sel['chosen']}, picked by the same rule on all {meta['n_patients']} "
         f"patients; LABEL = tumoral when PROBA >= {d['threshold']:.{d.get('decimals', 3)}f}; "
         f"TRIAGE = cytometry when PROBA >= {d['triage_threshold']:.{d.get('decimals', 3)}f}; "
         f"overlap zone: count <= {z['limit']:.2f} x10^9/L",
+    ]
+
+
+def _rails_lines(meta: dict) -> list[str]:
+    """The first screen's lines on the rails of issue 28 (none for a bundle without them):
+    the rule with them against the same rule without them, paired on the same folds, and
+    the share of held-out patients flagged atypical."""
+    r = meta.get("rails")
+    if not r:
+        return []
+    g, w, a = r["gain"], r["without"], r["atypical"]
+    n, z = meta["nested"], meta["zone"]
+    return [
+        f"rails (the count decides above the zone: clinical P(tumoral) as a floor, cytometry "
+        f"there; atypical patients to cytometry) against the same rule without them, same "
+        f"folds, paired: balanced accuracy {n['balanced_accuracy']:.3f} vs {w['ba']:.3f}, "
+        f"{g['delta']:+.3f} ({_ci(g['ci95'])}); ROC AUC {n['roc_auc']:.3f} vs {w['auc']:.3f}, "
+        f"{g['auc_delta']:+.3f} ({_ci(g['auc_ci95'])}); in the zone {z['nested']['ba']:.3f} vs "
+        f"{w['zone_ba']:.3f}, {g['zone_delta']:+.3f} ({_ci(g['zone_ci95'])}); triage without "
+        f"them: {_pct(w['triage_sensitivity'])} sent, {_pct(w['triage_spared'])} spared",
+        f"atypical patients out of fold: {a['oof_flagged']} of {a['oof_calls']} held-out calls "
+        f"({100 * a['oof_share']:.1f} %; {a['oof_patients']} of {a['patients']} patients ever) "
+        f"beyond the bar (conformal, at most {100 * a['alpha']:.0f} % of training-like patients "
+        f"by construction); bars of the saved model: QC-failed share "
+        f"{100 * a['bars']['qc']:.0f} %, distance {a['bars']['distance']:.1f}, "
+        f"{a['bars']['range']:.1f} robust SD outside the training range",
     ]
 
 
@@ -222,7 +251,7 @@ def _importance_plot(imp: pd.Series, path, title):
 def _groups_plot(summary, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    rows = summary.drop(index="nested", errors="ignore")
+    rows = summary.drop(index=["nested", NO_RAILS], errors="ignore")
     colours = {"clinical only": "tab:gray", "image only": "tab:blue", "clinical + image": "tab:green"}
     for i, (name, r) in enumerate(rows.iterrows()):
         group = group_of(name)
@@ -306,7 +335,7 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
             "seed", "versions", "selection", "nested", "zone", "images_vs_clinical", "triage",
             "decision")
     metrics = {"chosen": chosen, **{k: meta[k] for k in keys},
-               **{k: meta[k] for k in ("colour_stability",) if k in meta},
+               **{k: meta[k] for k in ("colour_stability", "rails") if k in meta},
                "candidates": summary.to_dict(orient="index"),
                "versus_clinical": paired,
                "nested_choices": meta["selection"]["nested_choices"]}
@@ -320,8 +349,8 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
                 else "comparator")
         zgain = (f"{d['zone_delta']:+.3f} ({d['zone_ci95'][0]:+.3f} to {d['zone_ci95'][1]:+.3f})"
                  if d and "zone_delta" in d else "comparator")
-        role = ("rule" if name == "nested" else "candidate" if name in sel["candidates"]
-                else "figures only")
+        role = ("rule" if name == "nested" else "rule without the rails" if name == NO_RAILS
+                else "candidate" if name in sel["candidates"] else "figures only")
         return (f"| {name} | {role} | {r.balanced_accuracy:.3f} ± {r.balanced_accuracy_std:.3f} | "
                 f"{r.balanced_accuracy_ci_low:.3f}–{r.balanced_accuracy_ci_high:.3f} | {gain} | "
                 f"{r.roc_auc:.3f} | {r.zone_balanced_accuracy:.3f} | {zgain} | "
@@ -330,6 +359,7 @@ def write_report(out, res, summary: pd.DataFrame, chosen: str, final, X, y, meta
                 f"{r.triage_reactive_spared:.2f} |")
 
     order = ["nested", comp] + [n for n in summary.index if n not in ("nested", comp)]
+    order = [n for n in order if n in summary.index]
     inner = sel.get("inner_log_loss_in_sample", {})
     lines = [
         "# cellfeat training report", "",

@@ -119,9 +119,11 @@ def stage_train(args):
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
+    from cellfeat.atypia import Atypicality
     from cellfeat.cnn import torch_available
     from cellfeat.decision import DECIMALS
-    from cellfeat.evaluation import nested_cv
+    from cellfeat.evaluation import NO_RAILS, nested_cv
+    from cellfeat.heterogeneity import PIXEL_SCORE
     from cellfeat.mil import MISVM
     from cellfeat.models import (CANDIDATES, CNN_CANDIDATES, DEFAULT_CANDIDATES, FALLBACKS,
                                  REFERENCE_CANDIDATES, MILFeatures, ModelChoice,
@@ -215,7 +217,11 @@ def stage_train(args):
     t0 = clock["colour check"] = time.perf_counter()
     bar = tqdm(total=args.folds * args.repeats, desc="outer folds", unit="fold",
                disable=args.quiet)
-    rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target)
+    # issue 28: patients unlike every training patient are flagged, on the inputs the
+    # models read (the screened cell features' patient means)
+    atypicality = Atypicality(features=[f for f in kept if f != PIXEL_SCORE])
+    rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target,
+                     atypicality=atypicality)
     with threadpool_limits(1):  # BLAS threads fight joblib's workers on small problems
         res = nested_cv(candidates, fit_frame, y, folds=args.folds, repeats=args.repeats,
                         inner_folds=inner[0], inner_repeats=inner[1], seed=args.seed,
@@ -235,6 +241,7 @@ def stage_train(args):
     for m in rule.models_.values():
         without_copies(m)
     fallbacks = {k: m for k, m in rule.routes_.items() if k != "main"}
+    rails = rails_entry(res, summary, rule.atypicality_, NO_RAILS)
     in_zone_now = in_zone(lab["LYMPH_COUNT"], rule.zone_limit_)
     zone = {"rule": ZONE_RULE, "limit": rule.zone_limit_,
             "training_reactive": int((in_zone_now & (y == 0)).sum()),
@@ -258,6 +265,7 @@ def stage_train(args):
                       "nested_choices": pd.Series(res.chosen).value_counts().to_dict()},
         "nested": {k: float(summary.loc["nested", k]) for k in summary.columns},
         "zone": zone,
+        "rails": rails,
         "images_vs_clinical": {k: gain[k] for k in ("delta", "ci95")} | gain_auc,
         "triage": {**res.triage_summary("nested"), "threshold": final.triage_threshold_},
         "decision": {"threshold": final.threshold_, "triage_threshold": final.triage_threshold_,
@@ -272,7 +280,8 @@ def stage_train(args):
     stab = colour_stability(check, fit_frame, y, chosen, report_dir, args, log=_log)
     meta["colour_stability"] = bundle_entry(check, stab["margin_logit"])
     meta["colour_stability"]["copies"] = {"k": AUGMENT_COPIES, "seed": AUGMENT_SEED}
-    model_bundle = {"main": final, "explainer": explainer, **fallbacks}
+    model_bundle = {"main": final, "explainer": explainer, "atypicality": rule.atypicality_,
+                    **fallbacks}
     meta["reference"] = reference_distributions(lab, y)  # for the HTML report
     save_bundle(args.model, pipeline=model_bundle, meta=meta)
     write_report(report_dir, res, summary, chosen, final, lab, y, meta)
@@ -287,6 +296,37 @@ def stage_train(args):
     _log("  " + time_split(clock))
     print("\n".join(first_screen(meta)))
     return 0
+
+
+#: The rails of issue 28 in words, as the report and the bundle state them.
+RAILS_RULE = ("above the overlap-zone limit the clinical comparator's P(tumoral) is a floor "
+              "under the chosen model's, and every patient there is sent to cytometry; a "
+              "patient beyond the atypicality bar is sent to cytometry wherever it lies")
+
+
+def rails_entry(res, summary: pd.DataFrame, atypicality, no_rails: str) -> dict:
+    """``meta["rails"]``: the rule with the rails against the same rule without them (paired,
+    same folds), and the atypicality bars with the share of held-out patients flagged out of
+    fold."""
+    pair = res.versus("nested", no_rails)
+    bare = summary.loc[no_rails]
+    flagged = res.atypical
+    return {
+        "rule": RAILS_RULE,
+        "without": {"ba": float(bare["balanced_accuracy"]), "auc": float(bare["roc_auc"]),
+                    "zone_ba": float(bare["zone_balanced_accuracy"]),
+                    "zone_auc": float(bare["zone_roc_auc"]),
+                    "triage_sensitivity": float(bare["triage_sensitivity"]),
+                    "triage_spared": float(bare["triage_reactive_spared"])},
+        "gain": {k: pair[k] for k in ("delta", "ci95", "auc_delta", "auc_ci95", "zone_delta",
+                                      "zone_ci95")},
+        "atypical": {"alpha": float(atypicality.alpha),
+                     "bars": {k: float(v) for k, v in atypicality.bars_.items()},
+                     "oof_flagged": int(flagged.sum()), "oof_calls": int(flagged.size),
+                     "oof_share": float(flagged.mean()),
+                     "oof_patients": int(flagged.any(axis=0).sum()),
+                     "patients": int(flagged.shape[1])},
+    }
 
 
 def time_split(clock: dict) -> str:
@@ -341,7 +381,10 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
     from cellfeat.models.routing import REQUIRED_CLINICAL, usable_cells
     from cellfeat.zone import zone_names
 
-    calls = routed_calls(models, frame)
+    from ..report.glossary import atypical_reason
+
+    atypicality = models.get("atypicality")
+    calls = routed_calls(models, frame, zone_limit=zone_limit, atypicality=atypicality)
     n_cells = frame["CELLS"].map(len)
     n_used = usable_cells(frame)
     missing = frame[[*REQUIRED_CLINICAL, "GENDER"]].isna()
@@ -357,6 +400,12 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
         "MODEL": np.where(called, calls["ROUTE"], ""),
         "IN_TRAINING": frame.index.astype(str).isin([str(i) for i in training_ids])},
         index=frame.index)
+    out["ATYPICAL"] = ""
+    if atypicality is not None:
+        atyp = atypicality.score(frame)
+        assessed = (n_cells > 0).to_numpy()
+        out.loc[assessed, "ATYPICAL"] = np.where(atyp["ATYPICAL"].to_numpy()[assessed],
+                                                 "yes", "no")
     out.loc[~called.to_numpy(), "LABEL"] = pd.NA
     out.loc[~called.to_numpy(), "TRIAGE"] = ""
     out["PROBA_LOW"], out["PROBA_HIGH"], out["STABLE"] = np.nan, np.nan, ""
@@ -364,11 +413,13 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
     if drifts:
         from cellfeat.stability import interval_calls
 
-        iv = interval_calls(models, frame, drifts, colour.get("margin_logit", 0.0))
+        iv = interval_calls(models, frame, drifts, colour.get("margin_logit", 0.0),
+                            zone_limit=zone_limit)
         out["PROBA_LOW"], out["PROBA_HIGH"] = iv["PROBA_LOW"], iv["PROBA_HIGH"]
         out["STABLE"] = iv["STABLE"].map({True: "yes", False: "no"}).fillna("").astype(str)
         out.loc[(out["STABLE"] == "no").to_numpy(), "TRIAGE"] = "cytometry"
-    for pid, route, n, used in zip(frame.index, calls["ROUTE"], n_cells, n_used):
+    for pid, route, n, used, floored in zip(frame.index, calls["ROUTE"], n_cells, n_used,
+                                            calls["FLOOR"]):
         why = []
         if missing.loc[pid, list(REQUIRED_CLINICAL)].any():
             why.append("missing " + "/".join(c for c in REQUIRED_CLINICAL if missing.loc[pid, c]))
@@ -376,12 +427,21 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
             why.append("no images")
         elif used == 0:
             why.append(f"no usable cells of {n}")
-        if route == "main":
+        atypical = out.loc[pid, "ATYPICAL"] == "yes" and route != "none"
+        if atypical:
+            unlike = (f"atypical cells: {atypical_reason(atyp.loc[pid], atypicality.bars_)}: "
+                      f"sent to cytometry")
+        if route == "main" and atypical:
+            status = unlike + ("; gender unknown, imputed" if missing.loc[pid, "GENDER"] else "")
+        elif route == "main":
             status = "ok: gender unknown, imputed" if missing.loc[pid, "GENDER"] else "ok"
         elif route == "none":
             status = "no call: " + "; ".join(why)
         else:
-            status = f"{route} only: " + "; ".join(why)
+            status = f"{route} only: " + "; ".join(why) + (f"; {unlike}" if atypical else "")
+        if floored:
+            status += ("; count above the overlap zone: P(tumoral) raised to the clinical "
+                       "model's (the count decides there)")
         if out.loc[pid, "STABLE"] == "no":
             status += (f"; near the threshold: colours of another lab (the panel's shifts) "
                        f"give P(tumoral) {out.loc[pid, 'PROBA_LOW']:.{DECIMALS}f}-"
