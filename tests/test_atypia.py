@@ -226,8 +226,9 @@ def dlmi_fit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def wbc_non_lymphocytes(dlmi_fit):
     """wbc-tecom's non-lymphocytes on dlmi's scale: the scale is the ratio of the median
-    nucleus equivalent diameter of dlmi's usable cells to that of wbc-tecom's lymphocytes
-    (expert masks, 255 = nucleus), both measured here."""
+    nucleus equivalent diameter of dlmi's usable cells (that of their median area) to that of
+    wbc-tecom's lymphocytes (expert masks, 255 = nucleus), both measured here (1.42 on the
+    data at hand)."""
     root = _wbc_root()
     _, lab = dlmi_fit
     labels = pd.read_csv(root / "labels.csv", dtype={"IMAGE": str})
@@ -238,7 +239,8 @@ def wbc_non_lymphocytes(dlmi_fit):
 
     lym = labels.loc[labels["CELL_TYPE"] == "lymphocyte", "IMAGE"]
     cells = pd.concat(list(lab["CELLS"]), ignore_index=True)
-    dlmi = cells.loc[cells["QC_STATUS"] == "ok", "Nucleus_Shape_EquivalentDiameter"].median()
+    area = cells.loc[cells["QC_STATUS"] == "ok", "Nucleus_Shape_Area"].median()
+    dlmi = 2 * np.sqrt(area / np.pi)  # the equivalent diameter of the median area
     scale = dlmi / np.median([nucleus_diameter(n) for n in lym])
     odd = labels.loc[labels["CELL_TYPE"] != "lymphocyte", "IMAGE"]
     return [_on_dlmi_scale(cv2.imread(str(root / "images" / f"{n}.png"))[:, :, ::-1], scale)

@@ -421,7 +421,7 @@ def test_nested_estimate_routes_patients_as_score_does():
     # may sum a product of another shape in another order (1 ulp seen with other thread
     # settings); another model's call would differ by far more than 1e-12
     same = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)  # noqa: E731
-    same(res.proba["nested"][0, i_age], res.proba["mean-ridge"][0, i_age])
+    same(res.proba[NO_RAILS][0, i_age], res.proba["mean-ridge"][0, i_age])
     same(res.proba["nested"][0, i_cells], res.proba["clinical-logreg"][0, i_cells])
     same(res.proba[NO_RAILS][0, rest], res.proba["clinical+mean-ridge"][0, rest])
     # with the rails (issue 28): inside each fold's zone the chosen model's call, above it

@@ -11,8 +11,9 @@ Given the overlap-zone limit and the atypicality model, it also applies three ra
 hold by construction, whatever the models say (issue 28):
 
 - *the count where it decides*: above the zone limit every training patient was tumoral,
-  so cell inputs must not overturn the count's evidence there: a main-route patient's
-  P(tumoral) is at least the clinical model's (``FLOOR`` marks where that raised it);
+  so cell inputs must not overturn the count's evidence there: the P(tumoral) of a patient
+  called from its cells (main or image route) is at least the clinical model's (``FLOOR``
+  marks where that raised it);
 - *no sparing above the zone*: sparing cytometry is never supported where no training
   patient was reactive, so every called patient above the limit is sent (``TRIAGE`` is
   ``none`` only inside the zone);
@@ -65,7 +66,8 @@ def routed_calls(models: dict, X: pd.DataFrame, *, zone_limit: float | None = No
     X : cohort frame
     zone_limit : float, optional
         The overlap-zone limit learnt from the training patients (:mod:`cellfeat.zone`).
-        Given, a main-route patient above it gets P(tumoral) = max(main, clinical model)
+        Given, a main- or image-route patient above it gets P(tumoral) = max(its model,
+        the clinical model)
         (when ``models`` has ``"clinical"``), and every called patient above it is sent to
         cytometry (see the module docstring).
     atypicality : fitted :class:`~cellfeat.atypia.Atypicality`, optional
@@ -97,7 +99,9 @@ def routed_calls(models: dict, X: pd.DataFrame, *, zone_limit: float | None = No
     if zone_limit is not None:
         count = pd.to_numeric(X["LYMPH_COUNT"], errors="coerce").to_numpy(float)
         above = ~in_zone(count, zone_limit) & called
-        idx = np.flatnonzero(above & (route == "main"))
+        # the image route too: its age is missing, the count is not, and the clinical
+        # model imputes the age (its training median)
+        idx = np.flatnonzero(above & np.isin(route, ("main", "image")))
         if len(idx) and models.get("clinical") is not None:
             p_clin = models["clinical"].predict_proba(X.iloc[idx])[:, 1]
             p = out["PROBA"].to_numpy()[idx]

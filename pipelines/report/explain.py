@@ -289,8 +289,9 @@ def decision_text(*, call: str, route: str, zone: str, count, limit, contrib: di
     if call == "no call" or route in ("none", ""):
         return " ".join(out + ["No call: neither usable cells nor age and count."])
     if route == "image":
-        out.append("Age or lymphocyte count is missing: the call rests on the cells alone "
-                   "(the image-only model).")
+        out.append("The age is missing: the cells are read without it (the image-only model)."
+                   if zone == "count" else "Age or lymphocyte count is missing: the call "
+                   "rests on the cells alone (the image-only model).")
     elif route == "clinical":
         out.append("No usable cell: the call rests on age and lymphocyte count alone "
                    "(the clinical model).")

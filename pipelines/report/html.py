@@ -196,8 +196,8 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         gender = None if missing(gender) else str(gender)
         p_text, thr_text = _pair(proba, thr)
         zone = str(r["ZONE"]) if "ZONE" in r and isinstance(r["ZONE"], str) else ""
-        floor = _floor(models, X1, zone_meta.get("limit")) if route == "main" and zone == "count" \
-            else None
+        floor = (_floor(models, X1, route, zone_meta.get("limit"))
+                 if route in ("main", "image") and zone == "count" else None)
         status = str(r["STATUS"])
         reason = (status.split("atypical cells: ", 1)[1].split(": sent to cytometry")[0]
                   if atypical and "atypical cells: " in status else None)
@@ -237,7 +237,7 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
     }
 
 
-def _floor(models: dict, X1: pd.DataFrame, limit) -> dict | None:
+def _floor(models: dict, X1: pd.DataFrame, route: str, limit) -> dict | None:
     """``{"cells": P, "clinical": P}`` when the count's floor raised this patient's
     P(tumoral) (:func:`cellfeat.models.routed_calls`), else None."""
     from cellfeat.models import routed_calls
@@ -246,7 +246,8 @@ def _floor(models: dict, X1: pd.DataFrame, limit) -> dict | None:
         return None
     if not bool(routed_calls(models, X1, zone_limit=float(limit))["FLOOR"].iloc[0]):
         return None
-    return {"cells": float(models["main"].predict_proba(X1)[0, 1]),
+    model = models.get(route) or models["main"]
+    return {"cells": float(model.predict_proba(X1)[0, 1]),
             "clinical": float(models["clinical"].predict_proba(X1)[0, 1])}
 
 

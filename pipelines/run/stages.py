@@ -448,7 +448,7 @@ def score_frame(models: dict, frame: pd.DataFrame, *, zone_limit: float | None =
                        f"{out.loc[pid, 'PROBA_HIGH']:.{DECIMALS}f} across "
                        f"{out.loc[pid, 'THRESHOLD']:.{DECIMALS}f}: sent to cytometry")
         out.loc[pid, "STATUS"] = status
-    return out.reset_index(drop=True)
+    return out[[c for c in out.columns if c != "ATYPICAL"] + ["ATYPICAL"]].reset_index(drop=True)
 
 
 def _import_skops_lean():
@@ -538,6 +538,12 @@ def stage_score(args):
     for _, r in pred[pred["LABEL"].isna()].iterrows():
         _log(f"  no call for {r['ID']} ({r['STATUS'].split(': ', 1)[-1]}): Predicted = -1 "
              f"in {out.stem}_submission.csv")
+    for _, r in pred[pred["ATYPICAL"] == "yes"].iterrows():
+        _log(f"  atypical cells in {r['ID']}: {r['STATUS'].split('atypical cells: ', 1)[-1]}")
+    above = pred[(pred["ZONE"] == "count") & pred["LABEL"].notna()]
+    if len(above):
+        _log(f"  {len(above)} patient(s) above the overlap zone (count > {zone.get('limit', 0):.2f}): "
+             f"sent to cytometry whatever P(tumoral), as no training patient there was reactive")
     mont_dir = out.with_name(out.stem + "_montages")
     patient_montages(cohort, frame, models["explainer"], pred, mont_dir,
                      method=meta["feature_settings"]["method"])
