@@ -42,7 +42,14 @@ def _global_args(p, default):
     (default SUPPRESS, so that an option given before the stage name is not reset)."""
     p.add_argument("--debug", action="store_true", default=default,
                    help="show the traceback of an error instead of one line")
-    p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+    p.add_argument("--quiet", action="store_true", default=default,
+                   help="no progress bars, even with --progress")
+
+
+def _progress_arg(p):
+    p.add_argument("--progress", action="store_true",
+                   help="draw progress bars even when stderr is not a terminal (by default "
+                   "they are drawn only on a terminal; a log gets one line per step)")
 
 
 def _cohort_arg(p, reference_help=None):
@@ -67,6 +74,7 @@ def _features_args(p, required=False):
     p.add_argument("--dask-mode", choices=("shared", "bytes"), default="shared",
                    help="shared: workers read images and the cache at the same paths; bytes: "
                    "the client reads images and ships them (default: %(default)s)")
+    _progress_arg(p)
     p.add_argument("--force", action="store_true",
                    help="write even inside the cohort folder or over files cellfeat did not "
                    "write (by default an output path is refused in both cases)")
@@ -145,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("demo", help="synthetic cohort -> features -> train -> score",
                        description="Run the whole workflow on the built-in synthetic cohort.")
     p.add_argument("--dir", type=Path, default=Path("build/demo"), help="working folder")
+    _progress_arg(p)
     p.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -18,6 +18,7 @@ from cellfeat.features import FEATURE_NAMES
 from .features import FeatureSettings, run_features
 from ..io import StageError, write_csv
 from .outputs import check_outputs
+from .progress import show_progress
 
 
 def _log(*a):
@@ -64,7 +65,7 @@ def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = 
              f"{args.dask_mode} mode); dashboard: {client.dashboard_link or 'none'}")
     try:
         res = run_features(cohort, out, settings=settings, n_jobs=args.jobs, gallery=gallery,
-                           progress=not args.quiet, client=client,
+                           progress=show_progress(args), client=client,
                            dask_mode=getattr(args, "dask_mode", "shared"),
                            cache_dir=base / "cache")
     finally:
@@ -181,7 +182,7 @@ def stage_train(args):
     # issue 22: the cell features that another lab's colours move little are the model
     # inputs; measured label-free on a fixed sample of the training patients' own images
     t0 = clock["frames"] = time.perf_counter()
-    check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=show_progress(args))
     kept = check["kept"]
     _log(f"  colour screen: {len(kept)} of {len(check['table'])} inputs pass (mean drift of "
          f"the patient mean <= {bundle_entry(check)['bar']} between-patient SD under every "
@@ -193,7 +194,7 @@ def stage_train(args):
     # ... and each image candidate also learns from colour-shifted copies of its training
     # patients (random shifts, not the panel's), judged by the flips they remove
     t0 = time.perf_counter()
-    fit_frame = colour_copies(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    fit_frame = colour_copies(cohort, feat_dir, lab, n_jobs=args.jobs, progress=show_progress(args))
     _log(f"  colour copies: {AUGMENT_COPIES} randomly shifted copies of every training "
          f"patient, estimated from the same sample, in {time.perf_counter() - t0:.0f} s")
     candidates = [(n, make_pipeline(n, calibrated=False, features=kept)) for n in order]
@@ -214,7 +215,7 @@ def stage_train(args):
          f"{len(y)} patients")
     t0 = clock["colour check"] = time.perf_counter()
     bar = tqdm(total=args.folds * args.repeats, desc="outer folds", unit="fold",
-               disable=args.quiet)
+               disable=not show_progress(args))
     rule_args = dict(eligible=names, fallbacks=FALLBACKS, target_sensitivity=target)
     with threadpool_limits(1):  # BLAS threads fight joblib's workers on small problems
         res = nested_cv(candidates, fit_frame, y, folds=args.folds, repeats=args.repeats,
@@ -509,7 +510,8 @@ def stage_demo(args):
         write_cohort(data, n_train=60, n_test=6, cells=(16, 32), seed=args.seed)
         (data / ".complete").write_text("ok\n")
     common = dict(data=data, reference_date="2020-01-01", features=d / "features",
-                  method="otsu", jobs=-1, quiet=args.quiet, scheduler=None, dask_mode="shared")
+                  method="otsu", jobs=-1, quiet=args.quiet, scheduler=None, dask_mode="shared",
+                  progress=args.progress)
     stage_train(SimpleNamespace(**common, model=d / "model.skops", report=d / "report",
                                 folds=5, repeats=2, candidates=None, cnn=False, seed=args.seed))
     stage_score(SimpleNamespace(**common, model=d / "model.skops", out=d / "predictions.csv",
