@@ -48,6 +48,21 @@ def _load(args) -> Cohort:
     return cohort
 
 
+def _load_patient(args) -> Cohort:
+    """One patient's cohort from the folder of its images and --age, --count, --sex."""
+    from cellfeat.data import load_patient
+
+    cohort = load_patient(args.data, age=args.age, lymph_count=args.count, gender=args.sex,
+                          reference_date=args.reference_date)
+    (pid, files), = cohort.images.items()
+    _log(f"patient {pid} (the folder's name): {len(files)} images; age {args.age:g}, "
+         f"lymphocyte count {args.count:g} x10^9/L, sex {args.sex or 'unknown (imputed)'}")
+    ignored = (cohort.issues["kind"] == "ignored_file").sum()
+    if ignored:
+        _log(f"  ignored {ignored} other entries of {args.data} (listed in issues.csv)")
+    return cohort
+
+
 def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = True) -> Path:
     """Run the features stage into the feature folder (or its ``sub`` folder, sharing the
     folder's per-patient cache) and return where the tables are; ``gallery``: also draw
@@ -437,14 +452,16 @@ def stage_score(args):
     # says at which date the training ages were computed
     models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
     trained_at = meta.get("reference_date")
+    one = getattr(args, "age", None) is not None   # one patient's folder (cli checked --count)
     if args.reference_date is None:
         args.reference_date = trained_at or DEFAULT_REFERENCE_DATE
-        _log(f"ages computed at {args.reference_date}, the model's reference date (stored "
-             f"in {args.model}); pass --reference-date to change it")
-    elif args.reference_date != trained_at:
+        if not one:
+            _log(f"ages computed at {args.reference_date}, the model's reference date "
+                 f"(stored in {args.model}); pass --reference-date to change it")
+    elif args.reference_date != trained_at and not one:
         _log(f"  note: ages computed at {args.reference_date}; the model was trained with "
              f"ages at {trained_at}")
-    cohort = _load(args)
+    cohort = _load_patient(args) if one else _load(args)
     ids = cohort.clinical.index if args.all else cohort.unlabelled
     if not len(ids):
         raise StageError(f"{args.data}: no patient with an unknown label to score "
