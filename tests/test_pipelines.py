@@ -63,12 +63,40 @@ def test_features_cache_and_jobs_give_identical_tables(synthetic_root, tmp_path)
 
 @pytest.fixture(scope="module")
 def trained(synthetic_root, tmp_path_factory):
+    """A small bundle and report; what train wrote, as into a log file (not a terminal,
+    no --quiet), is kept in train.log."""
+    import contextlib
+    import io
+
     d = tmp_path_factory.mktemp("run")
-    rc = main(["--quiet", "train", str(synthetic_root), "--features", str(d / "f"), "--model",
-               str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3", "--repeats",
-               "1", "--candidates", "clinical+mean-ridge", "--jobs", "1"])
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        rc = main(["train", str(synthetic_root), "--features", str(d / "f"), "--model",
+                   str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3",
+                   "--repeats", "1", "--candidates", "clinical+mean-ridge", "--jobs", "1"])
+    (d / "train.log").write_text(log.getvalue())
     assert rc == 0
     return d
+
+
+def test_train_log_reads_top_to_bottom(trained):
+    """Issue 30: in a log no progress bar is redrawn; one line per step, in the order the
+    steps run, and the first screen, as the report's README starts, last."""
+    from pipelines.bundle import load_bundle
+    from pipelines.report.markdown import first_screen
+
+    log = (trained / "train.log").read_bytes().decode()  # read_text would turn \r into \n
+    assert "\r" not in log
+    lines = log.splitlines()
+    steps = ["cohort ", "features: ", "train: rule = ", "  candidates (simplest first): ",
+             "  colour screen: ", "  colour copies: ", "  nested CV: ", "  nested CV took ",
+             "  colour stability, ", "  model: ", "  train took "]
+    at = [next(i for i, x in enumerate(lines) if x.startswith(s)) for s in steps]
+    assert at == sorted(at)
+    _, meta = load_bundle(trained / "m.skops")
+    screen = first_screen(meta)
+    assert lines[-len(screen):] == screen
+    assert len(lines) < 40
 
 
 def test_train_writes_bundle_and_report(trained):
@@ -106,6 +134,11 @@ def test_train_writes_bundle_and_report(trained):
     assert z["limit"] == meta["zone"]["limit"]
     assert "inner_balanced_accuracy" not in m["selection"]  # no in-sample figure up front
     readme = (trained / "report" / "README.md").read_text()
+    # issue 30: the report starts with the first screen, the lines train ends its log with
+    from pipelines.report.markdown import first_screen
+
+    screen = first_screen(meta)
+    assert readme.splitlines()[2:2 + len(screen)] == [f"- {x}" for x in screen]
     first = readme.splitlines()[2:7]
     assert first[0].startswith("- nested-CV estimate of the whole procedure")
     assert "in the overlap zone" in first[1] and "gain over the clinical comparator" in first[2]

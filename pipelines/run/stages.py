@@ -174,6 +174,7 @@ def stage_train(args):
     if not 0 < target <= 1:
         raise StageError(f"--target-sensitivity must be in (0, 1], got {target}")
     available = available_candidates()
+    skipped = None
     if args.candidates:
         names = list(args.candidates)
     else:
@@ -181,9 +182,10 @@ def stage_train(args):
         if getattr(args, "cnn", False):
             names += [n for n in CNN_CANDIDATES if n in available]
         if not torch_available():
-            _log("  CNN candidates skipped: torch is not installed (pip install 'cellfeat[cnn]')")
+            skipped = ("  CNN candidates skipped: torch is not installed "
+                       "(pip install 'cellfeat[cnn]')")
         elif not getattr(args, "cnn", False):
-            _log("  CNN candidates skipped: pass --cnn to include them")
+            skipped = "  CNN candidates skipped: pass --cnn to include them"
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise StageError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
@@ -194,6 +196,13 @@ def stage_train(args):
     # folds; complexity order (CANDIDATES order) is the tie-break, whatever order was given
     fitted = set(names) | {COMPARATOR, *FALLBACKS.values(), *REFERENCE_CANDIDATES}
     order = [n for n in CANDIDATES if n in fitted]
+    inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
+    # the log says what training will do before the colour check's minutes, not after
+    _log(f"train: rule = {RULE.format(inner=inner[0], repeats=inner[1])}")
+    _log(f"  candidates (simplest first): {', '.join(n for n in order if n in names)}; "
+         f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
+    if skipped:
+        _log(skipped)
     # issue 22: the cell features that another lab's colours move little are the model
     # inputs; measured label-free on a fixed sample of the training patients' own images
     t0 = clock["frames"] = time.perf_counter()
@@ -215,7 +224,6 @@ def stage_train(args):
     candidates = [(n, make_pipeline(n, calibrated=False, features=kept)) for n in order]
     candidates = [(n, est if n == COMPARATOR else ColourAugmented(est))
                   for n, est in candidates]
-    inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
     try:
         from cellfeat.evaluation import check_cohort_size
 
@@ -223,9 +231,6 @@ def stage_train(args):
         zone_limit(lab["LYMPH_COUNT"], y)
     except ValueError as exc:
         raise StageError(f"{args.data}: {exc}") from None
-    _log(f"train: rule = {RULE.format(inner=inner[0], repeats=inner[1])}")
-    _log(f"  candidates (simplest first): {', '.join(n for n in order if n in names)}; "
-         f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
     _log(f"  nested CV: {args.repeats}x{args.folds}-fold outer CV of the whole rule on "
          f"{len(y)} patients")
     t0 = clock["colour check"] = time.perf_counter()
