@@ -35,10 +35,13 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 #: How far a stored number may move, absolute (relative above 1): 1e-12 is 4,504 float64
 #: eps at 1, about 6,000 times the largest PROBA difference measured and 560 times the
 #: largest cell-score one (module docstring). The margin is for kernels not measured here
-#: (AVX-512, ARM, MKL), which split the same sums otherwise: the rounding bound of a sum of
-#: n products, n·eps·Σ|w·x|, is about 2e-13 for the ~50 inputs of a score with Σ|w·x| ≈ 20,
-#: so no summation order reaches 1e-12, while a real change does: a relative change of
-#: 1e-9 in every cell feature moves the scores far past it (test_golden_check_can_fail).
+#: (AVX-512, ARM, MKL), which split the same sums otherwise: whatever the order, a sum of n
+#: products is off by at most n·eps·Σ|w·x| (Higham, Accuracy and Stability of Numerical
+#: Algorithms, §3.1), and the explainer's cell score is a linear SVM's sum of n = 53
+#: products with Σ|w·x| ≤ 11.8 on the fixture's cells: 1.4e-13 at most (PROBA, the same
+#: kind of sum through a logistic, whose slope is at most 1/4, moves less). A real change
+#: goes past it: a relative change of 1e-9 in every cell feature does
+#: (test_golden_check_can_fail).
 TOL = 1e-12
 
 
