@@ -35,6 +35,18 @@ exit status:
   130  interrupted (finished work is cached and reused by the next run)
 """
 
+SCORE_DESCRIPTION = """\
+Score every patient of DATA whose label is unknown (or all with --all); write OUT, a
+challenge submission beside it, one montage PNG per patient and a page for people
+(<OUT stem>_report.html).
+
+One patient, no CSV: give the folder that holds that patient's images (its name is the
+patient ID) with --age and --count, and --sex if known:
+  cellfeat score exports/P0042 --age 72 --count 5.3 --sex F --model models/cellfeat.skops
+Its features go to build/features/P0042/scored/ (--features) and its outputs to
+build/predictions*.csv (--out), never inside the image folder.
+"""
+
 EXIT_STAGE_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
@@ -154,15 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = stage("score", help="score new patients with a saved model",
-                       description="Score every patient of DATA whose label is unknown (or all "
-                       "with --all); write OUT, a challenge submission beside it, one "
-                       "montage PNG per patient and a page for people (<OUT stem>_report.html)."
-                       "\n\nOne patient, no CSV: give the folder that holds that patient's "
-                       "images (the folder's name is the patient ID) with --age and --count "
-                       "(and --sex if known):\n"
-                       "  cellfeat score exports/P0042 --age 72 --count 5.3 --sex F\n"
-                       "Features and outputs go where --features and --out say (by default "
-                       "build/), never inside the image folder.",
+                       description=SCORE_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _cohort_arg(p, "date at which ages are computed from DOB (default: the model's own "
                 "reference date, stored in the bundle at training; give the sampling date "
