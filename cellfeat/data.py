@@ -3,7 +3,8 @@
 This is the only module of the library that knows how a cohort lies on disk. It accepts
 the public challenge layout (``ROOT/trainset/trainset_true.csv`` + ``ROOT/trainset/P*/``,
 ``ROOT/testset/testset_data.csv`` + ``ROOT/testset/P*/``) and any folder holding patient
-sub-folders and exactly one clinical CSV. Real exports have quirks (mixed date formats,
+sub-folders and exactly one clinical CSV; and one patient's folder of images with its
+clinical values given apart (:func:`load_patient`). Real exports have quirks (mixed date formats,
 lower-case genders, stray files); each is handled explicitly and every file, row and folder
 is accounted for in :attr:`Cohort.issues`: nothing is dropped silently. Problems that make
 the whole cohort untrustworthy (duplicate or path-like IDs, a missing required column)
@@ -38,6 +39,8 @@ __all__ = [
     "CohortError",
     "Cohort",
     "load_cohort",
+    "load_patient",
+    "holds_images",
     "parse_dob",
     "age_at",
     "read_image",
@@ -351,6 +354,95 @@ def load_cohort(root, *, reference_date: str = DEFAULT_REFERENCE_DATE) -> Cohort
                   reference_date=reference_date, csv_files=[s[1] for s in splits])
 
 
+def holds_images(folder) -> bool:
+    """True when ``folder`` holds image files directly and no CSV file: one patient's
+    images (:func:`load_patient`), not a cohort (:func:`load_cohort`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    files = [p for p in folder.iterdir() if p.is_file()]
+    return (not any(p.suffix.lower() == ".csv" for p in files)
+            and any(p.suffix.lower() in IMAGE_SUFFIXES for p in files))
+
+
+def load_patient(folder, *, age: float, lymph_count: float, gender: str | None = None,
+                 reference_date: str = DEFAULT_REFERENCE_DATE) -> Cohort:
+    """One patient's cohort from a folder of that patient's images and its clinical values,
+    with no clinical table.
+
+    Parameters
+    ----------
+    folder : path-like
+        A folder holding the patient's image files directly (sub-folders and other files
+        are listed in :attr:`Cohort.issues` and not read). Its name is the patient ID and
+        must be a plain ID, as in a clinical CSV.
+    age : float
+        Age in years at sampling, in [0, 130).
+    lymph_count : float
+        Lymphocyte count, 10⁹/L, positive.
+    gender : {"M", "F"} or None, default None
+        Any case; None when unknown (every model imputes it).
+    reference_date : str, default "2020-01-01"
+        Stored as :attr:`Cohort.reference_date` (the age is given, not computed from it).
+
+    Returns
+    -------
+    Cohort
+        One unlabelled patient (``SPLIT`` "", ``IN_CSV`` False) with ``root`` the folder.
+
+    Raises
+    ------
+    CohortError
+        The folder is missing, its name is not a plain ID, it holds no image file, or a
+        value is out of range; the message names it.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()) / "P7"; d.mkdir()
+    >>> _ = (d / "000.jpg").write_bytes(b"")
+    >>> c = load_patient(d, age=72, lymph_count=5.3, gender="f")
+    >>> r = c.clinical.loc["P7"]
+    >>> r["GENDER"], float(r["AGE"]), float(r["LYMPH_COUNT"]), len(c.images["P7"])
+    ('F', 72.0, 5.3, 1)
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CohortError(f"{folder}: no such folder")
+    date.fromisoformat(reference_date)
+    pid = folder.resolve().name
+    if not _ID_RE.match(pid):
+        raise CohortError(f"{folder}: the folder's name {pid!r} is the patient ID and must be "
+                          f"a plain one (letters, digits, '_', '-', '.'; starting with a "
+                          f"letter or digit): rename the folder")
+    age, lymph_count = float(age), float(lymph_count)
+    if not 0 <= age < 130:
+        raise CohortError(f"{folder}: age {age:g} years is implausible (0 to 130)")
+    if not np.isfinite(lymph_count) or lymph_count <= 0:
+        raise CohortError(f"{folder}: lymphocyte count {lymph_count:g} must be a positive "
+                          f"number (10⁹/L)")
+    if gender is not None and str(gender).strip().upper() not in ("M", "F"):
+        raise CohortError(f"{folder}: gender {gender!r} is not M or F")
+    issues: list = []
+    images = _scan_images(folder, pid, issues, folder.resolve())
+    if not images:
+        subs = sum(p.is_dir() for p in folder.iterdir())
+        raise CohortError(f"{folder}: no image files directly in it"
+                          + (f" ({subs} sub-folders, not read: give the folder that holds "
+                             f"the images)" if subs else ""))
+    clinical = pd.DataFrame(
+        {"LABEL": pd.array([pd.NA], dtype="Int64"),
+         "GENDER": pd.array([None if gender is None else str(gender).strip().upper()],
+                            dtype="string"),
+         "AGE": [age], "LYMPH_COUNT": [lymph_count], "IN_CSV": [False], "SPLIT": [""]},
+        index=pd.Index([pid], name="ID"))
+    if gender is None:
+        issues.append(("warning", "unknown_gender", pid, str(folder), "gender not given"))
+    return Cohort(clinical=clinical, images={pid: images},
+                  issues=pd.DataFrame(issues, columns=_ISSUE_COLUMNS), root=folder,
+                  reference_date=reference_date)
+
+
 def _read_clinical_csv(csv: Path, reference_date: str, issues: list) -> pd.DataFrame:
     try:
         raw = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -481,18 +573,25 @@ def _scan_patient_folders(folder: Path, csv: Path, issues: list,
             issues.append(("warning", "ignored_folder", "", str(entry),
                            "folder name is not a plain patient ID"))
             continue
-        imgs = []
-        for f in sorted(entry.iterdir()):
-            if _outside(f, root):
-                issues.append(("warning", "link_outside_cohort", entry.name, str(f),
-                               "a link to a file outside the cohort folder: not read"))
-                continue
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("._"):
-                imgs.append(f)
-            else:
-                why = "sub-folder" if f.is_dir() else "not an image file name"
-                issues.append(("info", "ignored_file", entry.name, str(f), why))
+        imgs = _scan_images(entry, entry.name, issues, root)
         if not imgs:
             issues.append(("warning", "empty_folder", entry.name, str(entry), "no image files"))
         found[entry.name] = imgs
     return found
+
+
+def _scan_images(folder: Path, pid: str, issues: list, root: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name; everything else, and links
+    out of ``root`` (resolved), is listed in ``issues``."""
+    imgs = []
+    for f in sorted(folder.iterdir()):
+        if _outside(f, root):
+            issues.append(("warning", "link_outside_cohort", pid, str(f),
+                           "a link to a file outside the cohort folder: not read"))
+            continue
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("._"):
+            imgs.append(f)
+        else:
+            why = "sub-folder" if f.is_dir() else "not an image file name"
+            issues.append(("info", "ignored_file", pid, str(f), why))
+    return imgs

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellfeat.data import (CohortError, ImageReadError, age_at, load_cohort, parse_dob,
-                           read_image)
+from cellfeat.data import (CohortError, ImageReadError, age_at, holds_images, load_cohort,
+                           load_patient, parse_dob, read_image)
 
 HEADER = "ID,LABEL,GENDER,DOB,LYMPH_COUNT\n"
 
@@ -135,6 +135,46 @@ def test_needs_exactly_one_csv(tmp_path):
         load_cohort(tmp_path)
     with pytest.raises(CohortError, match="no such folder"):
         load_cohort(tmp_path / "missing")
+
+
+def test_one_patients_folder_is_a_cohort_of_one(tmp_path):
+    """Issue 30: a folder of one patient's images plus the values typed by hand; the same
+    columns and types as a CSV row of load_cohort, everything else in the folder listed."""
+    d = tmp_path / "P0042"
+    d.mkdir()
+    for f in ("001.jpg", "000.JPG", "notes.txt"):
+        (d / f).write_bytes(b"x")
+    (d / "old").mkdir()
+    assert holds_images(d) and not holds_images(tmp_path)
+    c = load_patient(d, age=72, lymph_count=5.3, gender=" f")
+    assert list(c.clinical.index) == ["P0042"] and c.unlabelled.tolist() == ["P0042"]
+    r = c.clinical.loc["P0042"]
+    assert (r["GENDER"], r["AGE"], r["LYMPH_COUNT"], r["SPLIT"]) == ("F", 72.0, 5.3, "")
+    assert [p.name for p in c.images["P0042"]] == ["000.JPG", "001.jpg"]
+    assert sorted(c.issues["detail"]) == ["not an image file name", "sub-folder"]
+    (tmp_path / "flat").mkdir()
+    flat = load_cohort(make_flat(tmp_path / "flat", HEADER + "P0042,,F,1/1/1948,5.3\n",
+                                 {"P0042": ["a.jpg"]}))
+    assert c.clinical.dtypes.equals(flat.clinical.dtypes)
+    unknown = load_patient(d, age=72, lymph_count=5.3)
+    assert unknown.clinical["GENDER"].isna().all()
+    assert "unknown_gender" in set(unknown.issues["kind"])
+
+
+@pytest.mark.parametrize("name, kw, needle", [
+    ("P1", dict(age=72, lymph_count=0), "must be a positive number"),
+    ("P1", dict(age=-1, lymph_count=5), "age -1 years is implausible"),
+    ("P1", dict(age=72, lymph_count=5, gender="X"), "gender 'X' is not M or F"),
+    ("-P1", dict(age=72, lymph_count=5), "is the patient ID and must be a plain one"),
+    ("empty", dict(age=72, lymph_count=5), "no image files directly in it"),
+])
+def test_one_patients_folder_refuses_what_cannot_be_scored(tmp_path, name, kw, needle):
+    d = tmp_path / name
+    d.mkdir()
+    if name != "empty":
+        (d / "000.jpg").write_bytes(b"x")
+    with pytest.raises(CohortError, match=needle):
+        load_patient(d, **kw)
 
 
 def test_challenge_layout_on_synthetic(synthetic_root):

@@ -63,12 +63,40 @@ def test_features_cache_and_jobs_give_identical_tables(synthetic_root, tmp_path)
 
 @pytest.fixture(scope="module")
 def trained(synthetic_root, tmp_path_factory):
+    """A small bundle and report; what train wrote, as into a log file (not a terminal,
+    no --quiet), is kept in train.log."""
+    import contextlib
+    import io
+
     d = tmp_path_factory.mktemp("run")
-    rc = main(["--quiet", "train", str(synthetic_root), "--features", str(d / "f"), "--model",
-               str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3", "--repeats",
-               "1", "--candidates", "clinical+mean-ridge", "--jobs", "1"])
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+        rc = main(["train", str(synthetic_root), "--features", str(d / "f"), "--model",
+                   str(d / "m.skops"), "--report", str(d / "report"), "--folds", "3",
+                   "--repeats", "1", "--candidates", "clinical+mean-ridge", "--jobs", "1"])
+    (d / "train.log").write_text(log.getvalue())
     assert rc == 0
     return d
+
+
+def test_train_log_reads_top_to_bottom(trained):
+    """Issue 30: in a log no progress bar is redrawn; one line per step, in the order the
+    steps run, and the first screen, as the report's README starts, last."""
+    from pipelines.bundle import load_bundle
+    from pipelines.report.markdown import first_screen
+
+    log = (trained / "train.log").read_bytes().decode()  # read_text would turn \r into \n
+    assert "\r" not in log
+    lines = log.splitlines()
+    steps = ["cohort ", "features: ", "train: rule = ", "  candidates (simplest first): ",
+             "  colour screen: ", "  colour copies: ", "  nested CV: ", "  nested CV took ",
+             "  colour stability, ", "  model: ", "  train took "]
+    at = [next(i for i, x in enumerate(lines) if x.startswith(s)) for s in steps]
+    assert at == sorted(at)
+    _, meta = load_bundle(trained / "m.skops")
+    screen = first_screen(meta)
+    assert lines[-len(screen):] == screen
+    assert len(lines) < 40
 
 
 def test_train_writes_bundle_and_report(trained):
@@ -106,6 +134,11 @@ def test_train_writes_bundle_and_report(trained):
     assert z["limit"] == meta["zone"]["limit"]
     assert "inner_balanced_accuracy" not in m["selection"]  # no in-sample figure up front
     readme = (trained / "report" / "README.md").read_text()
+    # issue 30: the report starts with the first screen, the lines train ends its log with
+    from pipelines.report.markdown import first_screen
+
+    screen = first_screen(meta)
+    assert readme.splitlines()[2:2 + len(screen)] == [f"- {x}" for x in screen]
     first = readme.splitlines()[2:7]
     assert first[0].startswith("- nested-CV estimate of the whole procedure")
     assert "in the overlap zone" in first[1] and "gain over the clinical comparator" in first[2]
@@ -252,11 +285,60 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["score", str(tmp_path / "nowhere")]) == 1
 
 
+def test_score_one_patients_folder_without_a_csv(synthetic_root, trained, tmp_path, capsys):
+    """Issue 30: `cellfeat score FOLDER --age A --count C [--sex S]`, FOLDER holding one
+    patient's images, writes every output and the page, nothing inside FOLDER, and the same
+    row as scoring that patient from a cohort whose CSV holds the same values."""
+    cohort = load_cohort(synthetic_root)
+    pid = cohort.unlabelled[0]
+    row = cohort.clinical.loc[pid]
+    folder = tmp_path / "exports" / pid
+    folder.mkdir(parents=True)
+    for f in cohort.images[pid]:
+        shutil.copy(f, folder / f.name)
+    before = sorted(p.name for p in folder.iterdir())
+    common = ["--model", str(trained / "m.skops"), "--jobs", "1"]
+    out = tmp_path / "one" / "p.csv"
+    assert main(["score", str(folder), "--age", repr(float(row["AGE"])), "--count",
+                 repr(float(row["LYMPH_COUNT"])), "--sex", row["GENDER"].lower(),
+                 "--features", str(tmp_path / "f1"), "--out", str(out), *common]) == 0
+    err = capsys.readouterr().err
+    assert f"patient {pid} (the folder's name): {len(before)} images" in err
+    assert sorted(p.name for p in folder.iterdir()) == before   # nothing written inside
+    for f in ("p.csv", "p_submission.csv", "p_report.html", f"p_montages/{pid}.png"):
+        assert (out.parent / f).is_file(), f
+    cohort_out = tmp_path / "cohort" / "p.csv"
+    assert main(["--quiet", "score", str(synthetic_root), "--features", str(tmp_path / "f2"),
+                 "--out", str(cohort_out), *common]) == 0
+    one = out.read_text().splitlines()
+    from_csv = cohort_out.read_text().splitlines()
+    assert one[0] == from_csv[0] and len(one) == 2
+    assert one[1] in from_csv[1:] and one[1].startswith(f"{pid},")
+    assert pid in (out.parent / "p_report.html").read_text()
+
+
+@pytest.mark.parametrize("flags, missing", [(["--age", "72"], "--count missing"),
+                                            (["--count", "5.3", "--sex", "F"], "--age missing"),
+                                            ([], "to score it as one patient give --age and")])
+def test_score_one_patients_folder_refuses_a_missing_value(tmp_path, capsys, flags, missing):
+    folder = tmp_path / "P1"
+    folder.mkdir()
+    (folder / "000.jpg").write_bytes(b"")
+    assert main(["score", str(folder), *flags, "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and missing in err[0] and "--age 72 --count 5.3" in err[0]
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_help_answers(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--repeats" in out and "--model" in out
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    out = capsys.readouterr().out
+    assert "One patient, no CSV" in out and "--age 72 --count 5.3" in out and "--sex" in out
 
 
 def test_sigkill_half_way_then_resume(synthetic_root, tmp_path):

@@ -22,6 +22,7 @@ import pandas as pd
 
 from cellfeat.augment import SHIFT_PANEL
 
+from ..run.progress import show_progress
 from ..run.stability import (margin, oof_stability, shifted_features, shifted_frames,
                              summarise)
 
@@ -281,17 +282,20 @@ def main(argv=None) -> int:
                    help="build the copies of --augment from every image shifted, not from the "
                    "sample")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal")
     args = p.parse_args(argv)
     ns = argparse.Namespace(data=args.data, features=args.features, method="otsu",
-                            jobs=args.jobs, quiet=args.quiet, reference_date="2020-01-01")
+                            jobs=args.jobs, quiet=args.quiet, progress=args.progress,
+                            reference_date="2020-01-01")
     cohort = load_cohort(args.data, reference_date="2020-01-01")
     feat_dir = feature_stage(ns, cohort)
     frame = load_frame(cohort, feat_dir)
     lab = frame[frame["LABEL"].notna()]
     y = lab["LABEL"].astype(int).to_numpy()
     images = {pid: cohort.images.get(pid, []) for pid in lab.index}
-    prog = not args.quiet
+    prog = show_progress(args)
     kw = dict(folds=args.folds, repeats=args.repeats, seed=args.seed, n_jobs=args.jobs)
     t0 = time.perf_counter()
     check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=prog)

@@ -21,6 +21,7 @@ EPILOG = """examples:
   cellfeat features ../shared/data/dlmi         # per-cell features (cached, resumable)
   cellfeat train ../shared/data/dlmi            # CV-compare candidates, save the model
   cellfeat score ../shared/data/dlmi --out build/predictions.csv
+  cellfeat score exports/P0042 --age 72 --count 5.3 --sex F   # one patient's images, no CSV
   cellfeat demo                                 # all of the above on synthetic data
 
 --debug and --quiet may come before or after the stage name.
@@ -34,6 +35,18 @@ exit status:
   130  interrupted (finished work is cached and reused by the next run)
 """
 
+SCORE_DESCRIPTION = """\
+Score every patient of DATA whose label is unknown (or all with --all); write OUT, a
+challenge submission beside it, one montage PNG per patient and a page for people
+(<OUT stem>_report.html).
+
+One patient, no CSV: give the folder that holds that patient's images (its name is the
+patient ID) with --age and --count, and --sex if known:
+  cellfeat score exports/P0042 --age 72 --count 5.3 --sex F --model models/cellfeat.skops
+Its features go to build/features/P0042/scored/ (--features) and its outputs to
+build/predictions*.csv (--out), never inside the image folder.
+"""
+
 EXIT_STAGE_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
@@ -42,11 +55,35 @@ def _global_args(p, default):
     (default SUPPRESS, so that an option given before the stage name is not reset)."""
     p.add_argument("--debug", action="store_true", default=default,
                    help="show the traceback of an error instead of one line")
-    p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+    p.add_argument("--quiet", action="store_true", default=default,
+                   help="no progress bars, even with --progress")
 
 
-def _cohort_arg(p, reference_help=None):
-    p.add_argument("data", type=Path, help="cohort folder: the challenge layout "
+def _progress_arg(p):
+    p.add_argument("--progress", action="store_true",
+                   help="draw progress bars even when stderr is not a terminal (by default "
+                   "they are drawn only on a terminal; a log gets one line per step)")
+
+
+def _number(flag, low, high):
+    """argparse type: a finite number in [low, high) (above low, excluded, when high is
+    None: a count)."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = low <= v < high if high is not None else v > low
+        if not (ok and v == v):
+            where = f"from {low} to {high}" if high is not None else f"above {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({where})")
+        return v
+    parse.__name__ = flag  # argparse names the type in its message
+    return parse
+
+
+def _cohort_arg(p, reference_help=None, data_help=None):
+    p.add_argument("data", type=Path, help=data_help or "cohort folder: the challenge layout "
                    "(trainset/, testset/) or patient sub-folders beside one clinical CSV")
     p.add_argument("--reference-date", default=None if reference_help else "2020-01-01",
                    metavar="YYYY-MM-DD", help=reference_help or
@@ -67,6 +104,7 @@ def _features_args(p, required=False):
     p.add_argument("--dask-mode", choices=("shared", "bytes"), default="shared",
                    help="shared: workers read images and the cache at the same paths; bytes: "
                    "the client reads images and ships them (default: %(default)s)")
+    _progress_arg(p)
     p.add_argument("--force", action="store_true",
                    help="write even inside the cohort folder or over files cellfeat did not "
                    "write (by default an output path is refused in both cases)")
@@ -128,12 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = stage("score", help="score new patients with a saved model",
-                       description="Score every patient of DATA whose label is unknown (or all "
-                       "with --all); write OUT, a challenge submission beside it and one "
-                       "montage PNG per patient.")
+                       description=SCORE_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _cohort_arg(p, "date at which ages are computed from DOB (default: the model's own "
                 "reference date, stored in the bundle at training; give the sampling date "
-                "only if the training cohort's ages were computed at it too)")
+                "only if the training cohort's ages were computed at it too)",
+                data_help="a cohort folder (the challenge layout, or patient sub-folders beside "
+                "one clinical CSV), or one patient's folder of images with --age and --count")
+    one = p.add_argument_group("one patient's folder of images (no clinical CSV)")
+    one.add_argument("--age", type=_number("--age", 0, 130), default=None, metavar="YEARS",
+                     help="the patient's age in years at sampling")
+    one.add_argument("--count", type=_number("--count", 0, None), default=None,
+                     metavar="X10^9/L", help="the lymphocyte count, 10^9/L (e.g. 5.3)")
+    one.add_argument("--sex", type=str.upper, choices=("M", "F"), default=None,
+                     help="M or F, any case (default: unknown; every model imputes it)")
     _features_args(p)
     p.add_argument("--model", type=Path, default=Path("models/cellfeat.skops"),
                    help="model bundle written by `cellfeat train` (default: %(default)s)")
@@ -145,13 +191,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("demo", help="synthetic cohort -> features -> train -> score",
                        description="Run the whole workflow on the built-in synthetic cohort.")
     p.add_argument("--dir", type=Path, default=Path("build/demo"), help="working folder")
+    _progress_arg(p)
     p.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _one_patient_usage(args) -> str | None:
+    """What is wrong with a `score` command line for one patient's folder, in one line."""
+    if args.stage != "score":
+        return None
+    given = {f: getattr(args, a) is not None
+             for f, a in (("--age", "age"), ("--count", "count"), ("--sex", "sex"))}
+    missing = [f for f in ("--age", "--count") if not given[f]]
+    example = f"e.g. cellfeat score {args.data} --age 72 --count 5.3 [--sex F]"
+    if any(given.values()) and missing:
+        return (f"score: {' and '.join(missing)} missing: one patient's folder is scored "
+                f"from its images with both --age (years) and --count (10^9/L); {example}")
+    if not any(given.values()):
+        from cellfeat.data import holds_images
+
+        if holds_images(args.data):
+            return (f"score: {args.data} holds images, not patient folders beside a "
+                    f"clinical CSV: to score it as one patient give --age and --count; "
+                    f"{example}")
+    elif args.all:
+        return "score: --all scores a cohort's labelled patients; one patient's folder has none"
+    return None
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    usage = _one_patient_usage(args)
+    if usage:
+        print(f"error: {usage}", file=sys.stderr)
+        return EXIT_USAGE
     from . import stages
 
     try:

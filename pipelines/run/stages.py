@@ -18,6 +18,7 @@ from cellfeat.features import FEATURE_NAMES
 from .features import FeatureSettings, run_features
 from ..io import StageError, write_csv
 from .outputs import check_outputs
+from .progress import show_progress
 
 
 def _log(*a):
@@ -47,6 +48,21 @@ def _load(args) -> Cohort:
     return cohort
 
 
+def _load_patient(args) -> Cohort:
+    """One patient's cohort from the folder of its images and --age, --count, --sex."""
+    from cellfeat.data import load_patient
+
+    cohort = load_patient(args.data, age=args.age, lymph_count=args.count, gender=args.sex,
+                          reference_date=args.reference_date)
+    (pid, files), = cohort.images.items()
+    _log(f"patient {pid} (the folder's name): {len(files)} images; age {args.age:g}, "
+         f"lymphocyte count {args.count:g} x10^9/L, sex {args.sex or 'unknown (imputed)'}")
+    ignored = (cohort.issues["kind"] == "ignored_file").sum()
+    if ignored:
+        _log(f"  ignored {ignored} other entries of {args.data} (listed in issues.csv)")
+    return cohort
+
+
 def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = True) -> Path:
     """Run the features stage into the feature folder (or its ``sub`` folder, sharing the
     folder's per-patient cache) and return where the tables are; ``gallery``: also draw
@@ -64,7 +80,7 @@ def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = 
              f"{args.dask_mode} mode); dashboard: {client.dashboard_link or 'none'}")
     try:
         res = run_features(cohort, out, settings=settings, n_jobs=args.jobs, gallery=gallery,
-                           progress=not args.quiet, client=client,
+                           progress=show_progress(args), client=client,
                            dask_mode=getattr(args, "dask_mode", "shared"),
                            cache_dir=base / "cache")
     finally:
@@ -160,6 +176,7 @@ def stage_train(args):
     if not 0 < target <= 1:
         raise StageError(f"--target-sensitivity must be in (0, 1], got {target}")
     available = available_candidates()
+    skipped = None
     if args.candidates:
         names = list(args.candidates)
     else:
@@ -167,9 +184,10 @@ def stage_train(args):
         if getattr(args, "cnn", False):
             names += [n for n in CNN_CANDIDATES if n in available]
         if not torch_available():
-            _log("  CNN candidates skipped: torch is not installed (pip install 'cellfeat[cnn]')")
+            skipped = ("  CNN candidates skipped: torch is not installed "
+                       "(pip install 'cellfeat[cnn]')")
         elif not getattr(args, "cnn", False):
-            _log("  CNN candidates skipped: pass --cnn to include them")
+            skipped = "  CNN candidates skipped: pass --cnn to include them"
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise StageError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
@@ -180,10 +198,17 @@ def stage_train(args):
     # folds; complexity order (CANDIDATES order) is the tie-break, whatever order was given
     fitted = set(names) | {COMPARATOR, *FALLBACKS.values(), *REFERENCE_CANDIDATES}
     order = [n for n in CANDIDATES if n in fitted]
+    inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
+    # the log says what training will do before the colour check's minutes, not after
+    _log(f"train: rule = {RULE.format(inner=inner[0], repeats=inner[1])}")
+    _log(f"  candidates (simplest first): {', '.join(n for n in order if n in names)}; "
+         f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
+    if skipped:
+        _log(skipped)
     # issue 22: the cell features that another lab's colours move little are the model
     # inputs; measured label-free on a fixed sample of the training patients' own images
     t0 = clock["frames"] = time.perf_counter()
-    check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    check = colour_sample(cohort, feat_dir, lab, n_jobs=args.jobs, progress=show_progress(args))
     kept = check["kept"]
     _log(f"  colour screen: {len(kept)} of {len(check['table'])} inputs pass (mean drift of "
          f"the patient mean <= {bundle_entry(check)['bar']} between-patient SD under every "
@@ -195,13 +220,12 @@ def stage_train(args):
     # ... and each image candidate also learns from colour-shifted copies of its training
     # patients (random shifts, not the panel's), judged by the flips they remove
     t0 = time.perf_counter()
-    fit_frame = colour_copies(cohort, feat_dir, lab, n_jobs=args.jobs, progress=not args.quiet)
+    fit_frame = colour_copies(cohort, feat_dir, lab, n_jobs=args.jobs, progress=show_progress(args))
     _log(f"  colour copies: {AUGMENT_COPIES} randomly shifted copies of every training "
          f"patient, estimated from the same sample, in {time.perf_counter() - t0:.0f} s")
     candidates = [(n, make_pipeline(n, calibrated=False, features=kept)) for n in order]
     candidates = [(n, est if n == COMPARATOR else ColourAugmented(est))
                   for n, est in candidates]
-    inner = (3, 2)  # inner folds, repeats: calibration, thresholds and the choice
     try:
         from cellfeat.evaluation import check_cohort_size
 
@@ -209,14 +233,11 @@ def stage_train(args):
         zone_limit(lab["LYMPH_COUNT"], y)
     except ValueError as exc:
         raise StageError(f"{args.data}: {exc}") from None
-    _log(f"train: rule = {RULE.format(inner=inner[0], repeats=inner[1])}")
-    _log(f"  candidates (simplest first): {', '.join(n for n in order if n in names)}; "
-         f"figures only: {', '.join(n for n in order if n not in names) or 'none'}")
     _log(f"  nested CV: {args.repeats}x{args.folds}-fold outer CV of the whole rule on "
          f"{len(y)} patients")
     t0 = clock["colour check"] = time.perf_counter()
     bar = tqdm(total=args.folds * args.repeats, desc="outer folds", unit="fold",
-               disable=args.quiet)
+               disable=not show_progress(args))
     # issue 28: patients unlike every training patient are flagged, on the inputs the
     # models read (the screened cell features' patient means)
     atypicality = Atypicality(features=[f for f in kept if f != PIXEL_SCORE])
@@ -496,14 +517,16 @@ def stage_score(args):
     # says at which date the training ages were computed
     models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
     trained_at = meta.get("reference_date")
+    one = getattr(args, "age", None) is not None   # one patient's folder (cli checked --count)
     if args.reference_date is None:
         args.reference_date = trained_at or DEFAULT_REFERENCE_DATE
-        _log(f"ages computed at {args.reference_date}, the model's reference date (stored "
-             f"in {args.model}); pass --reference-date to change it")
-    elif args.reference_date != trained_at:
+        if not one:
+            _log(f"ages computed at {args.reference_date}, the model's reference date "
+                 f"(stored in {args.model}); pass --reference-date to change it")
+    elif args.reference_date != trained_at and not one:
         _log(f"  note: ages computed at {args.reference_date}; the model was trained with "
              f"ages at {trained_at}")
-    cohort = _load(args)
+    cohort = _load_patient(args) if one else _load(args)
     ids = cohort.clinical.index if args.all else cohort.unlabelled
     if not len(ids):
         raise StageError(f"{args.data}: no patient with an unknown label to score "
@@ -575,7 +598,8 @@ def stage_demo(args):
         write_cohort(data, n_train=60, n_test=6, cells=(16, 32), seed=args.seed)
         (data / ".complete").write_text("ok\n")
     common = dict(data=data, reference_date="2020-01-01", features=d / "features",
-                  method="otsu", jobs=-1, quiet=args.quiet, scheduler=None, dask_mode="shared")
+                  method="otsu", jobs=-1, quiet=args.quiet, scheduler=None, dask_mode="shared",
+                  progress=args.progress)
     stage_train(SimpleNamespace(**common, model=d / "model.skops", report=d / "report",
                                 folds=5, repeats=2, candidates=None, cnn=False, seed=args.seed))
     stage_score(SimpleNamespace(**common, model=d / "model.skops", out=d / "predictions.csv",
