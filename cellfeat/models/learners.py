@@ -112,12 +112,13 @@ class TrainingRange(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     high_j), with ``low_``/``high_`` the per-column minimum and maximum seen by ``fit``.
 
     A linear model extrapolates without limit: one patient whose cell means lie ten
-    between-patient SDs outside anything it was fitted on can reach P = 0.000 on its own
-    (issue 28). Clipped, each input contributes at most what some training patient's did,
-    so such a patient cannot be pushed further than the training data support; inside the
-    range nothing changes. (Clipping *cells* to the training cells' range was tried and
-    missed an atypical patient: each cell was plausible, the bag was not. This clips the
-    patient-level inputs; :mod:`cellfeat.atypia` flags the bag.) NaN stays NaN.
+    between-patient SDs outside anything it was fitted on can reach P = 0.000 through one
+    input (issue 28). Clipped, each input contributes at most what it did for some training
+    patient; inside the range nothing changes. It bounds each input, not the sum: a patient
+    with many inputs at their extremes at once can still be called with certainty, which
+    is what :mod:`cellfeat.atypia` flags. (Clipping *cells* to the training cells' range
+    was tried and missed an atypical patient: each cell was plausible, the bag was not.
+    This clips the patient-level inputs.) NaN stays NaN.
 
     Examples
     --------
