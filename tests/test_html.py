@@ -395,6 +395,10 @@ def test_score_page_says_which_evidence_decided_and_flags_training_patients(scor
     by_id = {p["id"]: p for p in ctx["patients"]}
     assert by_id[a]["zone"] == "overlap" and "the cells must carry" in by_id[a]["evidence"]
     assert by_id[b]["zone"] == "count" and "the count decides" in by_id[b]["evidence"]
+    # issue 28: above the zone no training patient was reactive, so nobody is spared there
+    assert by_id[b]["triage"] == "cytometry"
+    above = pred["ZONE"] == "count"
+    assert above.any() and (pred.loc[above, "TRIAGE"] == "cytometry").all()
     assert by_id[b]["in_training"] and not by_id[a]["in_training"]
     assert ctx["in_training"] == 1
     html = render("score.html.j2", **ctx)

@@ -138,3 +138,37 @@ def test_acquisition_figures_are_not_model_inputs(frame, name):
                      for c in frame["CELLS"]]
     np.testing.assert_allclose(fitted.predict_proba(more), fitted.predict_proba(frame),
                                rtol=1e-12, atol=0)
+
+
+class _Fixed:
+    """A fitted-decision stand-in: P(tumoral) from a column, thresholds as training writes."""
+
+    def __init__(self, column, threshold=0.692, triage=0.3):
+        self.column, self.threshold_, self.triage_threshold_ = column, threshold, triage
+
+    def predict_proba(self, X):
+        p = X[self.column].to_numpy(float)
+        return np.column_stack([1 - p, p])
+
+
+def test_routed_calls_let_the_count_decide_above_the_zone():
+    """Issue 28 point 1, by hand: three patients with cells, counts 5, 9 and 9 against a zone
+    limit of 7.7; the cell model says 0.1, 0.1 and 0.9, the clinical model 0.8, 0.8 and 0.5.
+    In the zone the cell model's 0.1 stands (reactive, spared); above it P(tumoral) is
+    max(cells, clinical) = 0.8 and 0.9 and both go to cytometry whatever P says. Without the
+    zone limit (the calls before issue 28) the second patient was reactive at 0.1 and spared
+    cytometry above the zone."""
+    from cellfeat.models import routed_calls
+
+    cells = pd.DataFrame({"QC_STATUS": ["ok"]})
+    X = pd.DataFrame({"AGE": [70.0] * 3, "LYMPH_COUNT": [5.0, 9.0, 9.0], "GENDER": ["F"] * 3,
+                      "CELLS": [cells] * 3, "P_CELLS": [0.1, 0.1, 0.9],
+                      "P_CLIN": [0.8, 0.8, 0.5]}, index=["a", "b", "c"])
+    models = {"main": _Fixed("P_CELLS"), "clinical": _Fixed("P_CLIN")}
+    out = routed_calls(models, X, zone_limit=7.7)
+    assert out["PROBA"].tolist() == [0.1, 0.8, 0.9]
+    assert out["LABEL"].tolist() == [0, 1, 1]
+    assert out["CYTOMETRY"].tolist() == [0, 1, 1]
+    assert out["FLOOR"].tolist() == [False, True, False]
+    bare = routed_calls(models, X)
+    assert bare["PROBA"].tolist() == [0.1, 0.1, 0.9] and bare["CYTOMETRY"].tolist() == [0, 0, 1]
