@@ -254,14 +254,20 @@ def _floor(models: dict, X1: pd.DataFrame, route: str, limit) -> dict | None:
 def _atypical_tiles(atypicality, X1, mine, files, method, k):
     """The ``k`` usable cells of an atypical patient farthest from the training cells
     (:meth:`cellfeat.atypia.Atypicality.cell_scores`), farthest first."""
-    from cellfeat.data import ImageReadError
-
     score = atypicality.cell_scores(X1["CELLS"].iloc[0])
     order = [i for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
              if np.isfinite(score[i])][:k]
+    return _tiles(mine, files, method, [(i, {"score": float(score[i])}) for i in order])
+
+
+def _tiles(mine, files, method, picks) -> list[dict]:
+    """Tiles of the cells ``picks`` ((row of the patient's cell table, extra fields)), in
+    that order; a cell whose image is gone or unreadable is left out."""
+    from cellfeat.data import ImageReadError
+
     tiles = []
-    for i in order:
-        name = mine["FILE"].iloc[i] if i < len(mine) else None
+    for row, extra in picks:
+        name = mine["FILE"].iloc[row] if row < len(mine) else None
         path = files.get(name) if name is not None else None
         if path is None:
             continue
@@ -269,13 +275,11 @@ def _atypical_tiles(atypicality, X1, mine, files, method, k):
             tile = cell_tile(path, method)
         except ImageReadError:
             continue
-        tiles.append({"uri": jpeg_uri(tile), "file": name, "score": float(score[i])})
+        tiles.append({"uri": jpeg_uri(tile), "file": name, **extra})
     return tiles
 
 
 def _ranked_tiles(model, X1, mine, files, call, method, k):
-    from cellfeat.data import ImageReadError
-
     try:
         rows, delta = leave_one_cell_out(model, X1)
     except (ValueError, TypeError, KeyError) as exc:  # report, never fail the run
@@ -289,18 +293,7 @@ def _ranked_tiles(model, X1, mine, files, call, method, k):
     else:
         sign = -1.0 if call == "reactive" else 1.0
         order = np.argsort(-sign * delta, kind="stable")[:k]
-    tiles = []
-    for i in order:
-        name = mine["FILE"].iloc[rows[i]] if rows[i] < len(mine) else None
-        path = files.get(name) if name is not None else None
-        if path is None:
-            continue
-        try:
-            tile = cell_tile(path, method)
-        except ImageReadError:
-            continue
-        tiles.append({"uri": jpeg_uri(tile), "file": name, "delta": float(delta[i])})
-    return tiles, note
+    return _tiles(mine, files, method, [(rows[i], {"delta": float(delta[i])}) for i in order]), note
 
 
 def write_score_report(path, **kw) -> Path:
