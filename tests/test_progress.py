@@ -34,6 +34,7 @@ def small_cohort(tmp_path_factory):
                         cells=(3, 4), seed=3)
 
 
+@pytest.mark.slow  # the features stage, twice
 def test_a_stage_writing_into_a_log_draws_no_bar(small_cohort, tmp_path, capsys):
     """Without --quiet and with stderr not a terminal (pytest's capture, like a file), the
     features stage writes no carriage-return redraw, and says what it did in one line; with
