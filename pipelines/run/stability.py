@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.augment import SHIFT_PANEL, ColourShift
+from cellfeat.augment import SHIFT_PANEL, STABILITY_PANEL, ColourShift
 
 from ..report.markdown import STABILITY_JSON
 
@@ -475,7 +475,7 @@ def screen(frame: pd.DataFrame, drifts: dict, bar: float | None = None):
 
 
 def colour_sample(cohort, feat_dir, frame: pd.DataFrame, *, k=SAMPLE_K, seed=SAMPLE_SEED,
-                  shifts=SHIFT_PANEL, n_jobs=-1, progress=False) -> dict:
+                  shifts=STABILITY_PANEL, n_jobs=-1, progress=False) -> dict:
     """The label-free half of the check, run before the models are fitted: the sampled
     shifts of every patient of ``frame``, the transferred frames, the drifts, the stability
     table and the features that pass."""
