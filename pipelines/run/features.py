@@ -103,7 +103,10 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     write_parquet(out_dir / "patients.parquet", pat)
     (out_dir / "settings.json").write_text(json.dumps(
         {**settings.as_dict(), "hash": settings.hash, "version": cellfeat.__version__,
-         "cohort": str(cohort.root)}, indent=1))
+         "cohort": str(cohort.root),
+         # the cohort's red-cell ruler (median of its patients', px): what training saw
+         "ruler_px": float(pat[PATIENT_RULER[0]].median()) if len(pat) else float("nan")},
+        indent=1))
     counts = qc[QC_COLUMN].map(lambda s: s.split(":")[0]).value_counts().to_dict()
     if gallery and len(qc):
         from ..report.plots import cell_gallery

@@ -499,6 +499,13 @@ def stage_score(args):
             if near else ""))
     _log(f"  wrote {out}, {out.stem}_submission.csv and {mont_dir}/<ID>.png")
 
+    from ..report.html import qc_reasons, ruler_summary
+
+    ruler = ruler_summary(qc_reasons(feat_dir, frame.index), meta)
+    if ruler and ruler["warn"]:
+        _log(f"  warning: the red cells of this cohort measure {ruler['cohort']:.1f} px across "
+             f"against {ruler['training']:.1f} px in training ({ruler['change']:+.0f} %): "
+             f"another magnification; sizes were converted to red-cell diameters")
     html = write_score_report(out.with_name(out.stem + "_report.html"), cohort=cohort, frame=frame,
                               pred=pred, models=models, meta=meta, feat_dir=feat_dir, data=args.data)
     _log(f"  report for people: {html}")
