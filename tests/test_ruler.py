@@ -1,10 +1,14 @@
 """The red-cell ruler (cellfeat.ruler): synthetic red cells of a known diameter."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from cellfeat.augment import rescale
+from cellfeat.segment import segment_nucleus
 from cellfeat.ruler import (CANONICAL_DIAMETER, MIN_RED_CELLS, red_cell_diameters, ruler_of,
                             to_canonical)
 
@@ -86,3 +90,62 @@ def test_to_canonical_scales_the_ruler():
     assert np.median(red_cell_diameters(out)) == pytest.approx(CANONICAL_DIAMETER, rel=0.04)
     # within 1 % of the canonical ruler the image is left as it is
     assert to_canonical(img, CANONICAL_DIAMETER * 1.005) is img
+
+
+# ------------------------------------------------------------------ real data (issue 29)
+
+WBC = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbc-tecom"
+
+
+def _dlmi_nucleus_diameters(root, per_patient=3):
+    """Lymphocyte nucleus equivalent diameters, in red-cell diameters, of the first
+    ``per_patient`` images of every dlmi training patient, each patient's ruler measured on
+    all its images (as the feature stage does)."""
+    from cellfeat.data import load_cohort
+    from pipelines.run import tasks
+
+    cohort = load_cohort(root)
+    out = []
+    for pid in cohort.clinical.index[cohort.clinical["SPLIT"] == "trainset"]:
+        files = cohort.images.get(pid, [])
+        if not files:
+            continue
+        images = tasks.decode_all(tasks.read_blobs(files))
+        (ruler, _, _), _ = tasks.patient_ruler(images)
+        for im in images[:per_patient]:
+            canon = to_canonical(im, ruler)
+            seg = segment_nucleus(canon)
+            if seg.ok:
+                a = np.count_nonzero(seg.nucleus) / (ruler * canon.shape[1] / im.shape[1]) ** 2
+                out.append(2 * np.sqrt(a / np.pi))
+    return np.array(out)
+
+
+@pytest.fixture
+def wbc_root():
+    if not (WBC / "labels.csv").is_file():
+        pytest.skip(f"wbc-tecom not found at {WBC}")
+    return WBC
+
+
+@pytest.mark.realdata
+@pytest.mark.xfail(strict=True, reason=(
+    "wbc-tecom's red cells are pale ghost rings, broken and mostly cut by its 120 px crops: "
+    "the ruler finds no whole red cell in any of its 300 images and falls back to the "
+    "default (45.6 px), so its lymphocytes' nuclei read 0.98 red-cell diameters (44.8 px) "
+    "against 1.40 on dlmi; equal medians would need a wbc-tecom red cell of 32 px"))
+def test_wbc_tecom_nucleus_in_red_cells_matches_dlmi(wbc_root, real_root):
+    # the expert masks' nuclei (label 255) of the 53 lymphocytes, in the ruler found on
+    # wbc-tecom's images (one lab, one magnification: one ruler for the set)
+    labels = pd.read_csv(wbc_root / "labels.csv", dtype=str)
+    images = [cv2.cvtColor(cv2.imread(str(wbc_root / "images" / f"{i}.png")), cv2.COLOR_BGR2RGB)
+              for i in labels["IMAGE"]]
+    ruler, source, _ = ruler_of([red_cell_diameters(im) for im in images])
+    lym = labels.loc[labels["CELL_TYPE"] == "lymphocyte", "IMAGE"]
+    nd = [2 * np.sqrt(np.count_nonzero(
+        cv2.imread(str(wbc_root / "masks" / f"{i}.png"), cv2.IMREAD_GRAYSCALE) == 255)
+        / np.pi) / ruler for i in lym]
+    dlmi = _dlmi_nucleus_diameters(real_root)
+    # the issue's bar: medians within 10 %
+    assert source == "patient"
+    assert np.median(nd) == pytest.approx(np.median(dlmi), rel=0.10)
