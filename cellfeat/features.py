@@ -102,6 +102,18 @@ heterogeneity, :math:`D` is smoothed within each region by a Gaussian of
 :data:`TEXTURE_SIGMA` = 0.8 px: JPEG re-encoding removes most variation below that
 scale. Granularity and nucleoli are read relative to the nucleus's mean :math:`D`.
 
+Scale: the red cells as a ruler
+-------------------------------
+Labs do not share a pixel size (issue 29). The feature stage resamples every image so that
+its patient's red cells are :data:`cellfeat.ruler.CANONICAL_DIAMETER` px across (45.6, dlmi's
+median) and passes that ruler :math:`D` to :func:`compute_features`: lengths are reported in
+red-cell diameters (:math:`L / D`) and areas in squared diameters (:math:`A / D^2`), each
+function's docstring says which. Every other pixel constant below (GLCM distances,
+:data:`TEXTURE_SIGMA`, granulometry and nucleolus radii, structuring elements) is then in
+pixels *at the canonical ruler*, i.e. a fixed fraction of a red cell (1 px = 1/45.6 of a red
+cell, about 0.16 µm); scale-free features (ratios, solidity, circularity, colour) are
+unchanged.
+
 Changelog of :data:`FEATURES_REVISION`: see :data:`FEATURES_CHANGELOG`.
 
 References

@@ -9,7 +9,7 @@ import pytest
 
 from cellfeat.augment import rescale
 from cellfeat.segment import segment_nucleus
-from cellfeat.ruler import (CANONICAL_DIAMETER, MIN_RED_CELLS, red_cell_diameters, ruler_of,
+from cellfeat.ruler import (CANONICAL_DIAMETER, CANONICAL_FIELD, MIN_RED_CELLS, red_cell_diameters, ruler_of,
                             to_canonical)
 
 PLASMA, RED, PALLOR, CHROMATIN = (238, 222, 205), (200, 160, 178), (222, 200, 198), (85, 45, 125)
@@ -83,13 +83,20 @@ def test_ruler_of_is_the_median_over_every_red_cell():
 
 
 def test_to_canonical_scales_the_ruler():
-    img = smear(30)
-    out = to_canonical(img, 30.0)
-    # factor D0 / D: a 224 px image becomes round(224 * 45.6 / 30) = 340 px
-    assert out.shape[:2] == (round(224 * CANONICAL_DIAMETER / 30),) * 2
+    img = smear(40, size=150)
+    out, ruler = to_canonical(img, 40.0)
+    # factor D0 / D: a 150 px image becomes round(150 * 45.6 / 40) = 171 px, its ruler
+    # 40 * 171 / 150 = 45.6 px
+    assert out.shape[:2] == (round(150 * CANONICAL_DIAMETER / 40),) * 2
+    assert ruler == pytest.approx(40 * 171 / 150)
     assert np.median(red_cell_diameters(out)) == pytest.approx(CANONICAL_DIAMETER, rel=0.04)
+    # a larger one is centre-cropped to the canonical field of view: 224 px of 340
+    big, ruler = to_canonical(smear(30), 30.0)
+    assert big.shape[:2] == (CANONICAL_FIELD, CANONICAL_FIELD)
+    assert ruler == pytest.approx(30 * 340 / 224)
     # within 1 % of the canonical ruler the image is left as it is
-    assert to_canonical(img, CANONICAL_DIAMETER * 1.005) is img
+    same, ruler = to_canonical(img, CANONICAL_DIAMETER * 1.005)
+    assert same is img and ruler == CANONICAL_DIAMETER * 1.005
 
 
 # ------------------------------------------------------------------ real data (issue 29)
@@ -113,10 +120,10 @@ def _dlmi_nucleus_diameters(root, per_patient=3):
         images = tasks.decode_all(tasks.read_blobs(files))
         (ruler, _, _), _ = tasks.patient_ruler(images)
         for im in images[:per_patient]:
-            canon = to_canonical(im, ruler)
+            canon, px = to_canonical(im, ruler)
             seg = segment_nucleus(canon)
             if seg.ok:
-                a = np.count_nonzero(seg.nucleus) / (ruler * canon.shape[1] / im.shape[1]) ** 2
+                a = np.count_nonzero(seg.nucleus) / px ** 2
                 out.append(2 * np.sqrt(a / np.pi))
     return np.array(out)
 

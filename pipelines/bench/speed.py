@@ -368,9 +368,7 @@ def _breakdown(files, steps, repeats) -> dict:
         for p, d in zip(patient, per):
             by.setdefault(p, []).append(d)
         rulers = {p: ruler_of(d)[0] for p, d in by.items()}
-        canon = [to_canonical(im, rulers[p]) for im, p in zip(images, patient)]
-        scale = [c.shape[1] / im.shape[1] * rulers[p]
-                 for c, im, p in zip(canon, images, patient)]
+        canon, scale = zip(*(to_canonical(im, rulers[p]) for im, p in zip(images, patient)))
         t2 = time.perf_counter()
         segs = [segment_nucleus(im) for im in canon]
         t3 = time.perf_counter()

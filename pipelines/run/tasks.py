@@ -222,10 +222,9 @@ def _measure_images(pid: str, names, blobs, settings: FeatureSettings, ruler=Non
         elif isinstance(image, Exception):
             row = failed_row(str(image), FEATURE_NAMES)
         else:
-            canon = to_canonical(image, diameter)
-            scale = canon.shape[1] / image.shape[1]  # the ruler in the resampled pixels
+            canon, ruler_px = to_canonical(image, diameter)
             row, seg = measure_image(canon, method=settings.method, channel=settings.channel,
-                                     ruler=diameter * scale)
+                                     ruler=ruler_px)
             if row[QC_COLUMN] == "ok":
                 crops[j] = nucleus_crop(canon, seg, window=settings.crop_window,
                                         size=settings.crop_size)
