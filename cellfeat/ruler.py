@@ -28,7 +28,7 @@ import numpy as np
 
 
 __all__ = ["red_cell_diameters", "ruler_of", "to_canonical", "CANONICAL_DIAMETER",
-           "CANONICAL_FIELD",
+           "CANONICAL_FIELD", "RULER_RED_CELLS",
            "MIN_RED_CELLS", "RULER_SOURCES", "RULER_STEP"]
 
 #: The canonical red-cell diameter (px) every image is resampled to: the median over the
@@ -40,6 +40,11 @@ CANONICAL_DIAMETER = 45.6
 #: The field of view the segmentation sees, px at the canonical ruler: dlmi's 224 px crop
 #: (4.9 red cells across). Larger resampled images are centre-cropped to it.
 CANONICAL_FIELD = 224
+#: Red cells a patient's ruler is measured on: its images are measured in order until
+#: this many are found (dlmi: about 25 images of a patient's 80; the median of 60 red
+#: cells whose diameters vary by 8 % has a standard error of about 1.3 %), so the ruler
+#: costs a third of measuring every image.
+RULER_RED_CELLS = 60
 #: Fewest measured red cells for a patient's own ruler; below it :data:`CANONICAL_DIAMETER`.
 MIN_RED_CELLS = 5
 #: Where a patient's ruler came from: its own red cells, or the default (too few found).

@@ -337,13 +337,13 @@ def large_cell_gallery(cohort, cells_path, path, *, n=24, method="otsu") -> list
 
 def bench_breakdown(cohort, repeats, every=10) -> dict:
     """Median over ``repeats`` of the ms per image of each step of a feature task, on every
-    ``every``-th image, one process, one OpenCV thread and one BLAS thread (as in a feature
-    task)."""
+    image of every ``every``-th patient (whole patients: the ruler is measured per patient),
+    one process, one OpenCV thread and one BLAS thread (as in a feature task)."""
     import cv2
     from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)
-    files = [f for fs in cohort.images.values() for f in fs][::every]
+    files = [f for fs in list(cohort.images.values())[::every] for f in fs]
     steps = {"read_decode": [], "ruler": [], "segmentation": [], "features": [], "crop": []}
     with threadpool_limits(1, user_api="blas"):
         return _breakdown(files, steps, repeats)
@@ -353,7 +353,9 @@ def _breakdown(files, steps, repeats) -> dict:
     from cellfeat.data import decode_image
     from cellfeat.extract import nucleus_crop
     from cellfeat.features import compute_features
-    from cellfeat.ruler import red_cell_diameters, ruler_of, to_canonical
+    from cellfeat.ruler import to_canonical
+
+    from ..run.tasks import patient_ruler
     from cellfeat.segment import segment_nucleus
 
     patient = [Path(f).parent.name for f in files]
@@ -363,11 +365,10 @@ def _breakdown(files, steps, repeats) -> dict:
         t1 = time.perf_counter()
         # the ruler (issue 29): each image's red cells, its patient's median (over the
         # patient's images here), the image resampled to the canonical ruler
-        per = [red_cell_diameters(im) for im in images]
         by = {}
-        for p, d in zip(patient, per):
-            by.setdefault(p, []).append(d)
-        rulers = {p: ruler_of(d)[0] for p, d in by.items()}
+        for p, im in zip(patient, images):
+            by.setdefault(p, []).append(im)
+        rulers = {p: patient_ruler(ims)[0][0] for p, ims in by.items()}
         canon, scale = zip(*(to_canonical(im, rulers[p]) for im, p in zip(images, patient)))
         t2 = time.perf_counter()
         segs = [segment_nucleus(im) for im in canon]

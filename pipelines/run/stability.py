@@ -94,6 +94,12 @@ def _decoded(blob):
         return blob
 
 
+def _shifted(blob, shift):
+    """The decoded image shifted, or what :func:`_decoded` gave when it is not an image."""
+    d = _decoded(blob)
+    return shift.apply(d) if isinstance(d, np.ndarray) else d
+
+
 def _shift_blob(item, shift: ColourShift):
     """Bytes of the shifted image (lossless BMP) from :func:`_decoded`'s output."""
     import cv2
@@ -127,7 +133,7 @@ def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *
     if ruler_files is not None:
         every = code.read_blobs(ruler_files)
         base = code.patient_key(base, [Path(f).name for f in ruler_files], every, settings)
-    out, decoded, every_decoded = {}, None, None
+    out, decoded = {}, None
     for shift in shifts:
         key = f"{base}-{shift.key}"
         hit = code.cache_load(cache_dir, key)
@@ -135,11 +141,8 @@ def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *
             decoded = decoded or [_decoded(b) for b in blobs]
             moved = [_shift_blob(d, shift) for d in decoded]
             ruler = None
-            if ruler_files is not None:
-                every_decoded = every_decoded or [_decoded(b) for b in every]
-                ruler = code.patient_ruler(
-                    [shift.apply(d) if isinstance(d, np.ndarray) else d
-                     for d in every_decoded])[0]
+            if ruler_files is not None:  # decoded and shifted only as far as it measures
+                ruler = code.patient_ruler(every, lambda b, shift=shift: _shifted(b, shift))[0]
             cells, meta, crops = code.compute_patient(pid, names, moved, settings, ruler=ruler)
             code.cache_store(cache_dir, key, cells, meta, crops)
         else:

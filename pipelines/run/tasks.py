@@ -24,7 +24,7 @@ from cellfeat.data import ImageReadError, decode_image
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.measure import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
 from cellfeat.pixels import PIXEL_SCORE, PixelSums
-from cellfeat.ruler import red_cell_diameters, ruler_of, to_canonical
+from cellfeat.ruler import RULER_RED_CELLS, red_cell_diameters, ruler_of, to_canonical
 
 from ..io import atomic_path, settings_hash
 
@@ -35,7 +35,9 @@ __all__ = ["FeatureSettings", "CELL_COLUMNS", "RULER_COLUMNS", "PATIENT_RULER", 
 
 #: The red-cell ruler of each image (issue 29, :mod:`cellfeat.ruler`): the source of its
 #: patient's ruler (text), then the image's own median red-cell diameter (px, NaN without
-#: a measurable red cell), how many red cells it measured, and the patient ruler used (px).
+#: a measurable red cell), how many red cells it measured (NaN: not measured, the
+#: patient's ruler already had :data:`cellfeat.ruler.RULER_RED_CELLS`), and the patient
+#: ruler used (px).
 RULER_COLUMNS = ["Diagnostics_RedCell_RulerSource", "Diagnostics_RedCell_DiameterPx",
                  "Diagnostics_RedCell_Count", "Diagnostics_RedCell_RulerPx"]
 #: Per patient (``patients.parquet``): the ruler (px), its source and its red cells.
@@ -198,13 +200,23 @@ def decode_all(blobs) -> list:
     return out
 
 
-def patient_ruler(images) -> tuple:
+def patient_ruler(images, transform=None) -> tuple:
     """``(ruler, per image)``: the patient's ``(diameter px, source, red cells)``
-    (:func:`cellfeat.ruler.ruler_of`) and each decoded image's red-cell diameters (an empty
-    array for an image that is not one)."""
-    per = [red_cell_diameters(im) if isinstance(im, np.ndarray) else np.zeros(0)
-           for im in images]
-    return ruler_of(per), per
+    (:func:`cellfeat.ruler.ruler_of`) and each image's red-cell diameters.
+
+    Images are measured in their order until :data:`cellfeat.ruler.RULER_RED_CELLS` red
+    cells are found (one smear, one magnification: more cells only add cost); an image left
+    unmeasured, or not decoded, has None. ``transform`` (item -> image or not) is applied
+    to the items measured only (a shift of the stability check)."""
+    per, found = [], 0
+    for item in images:
+        im = item if transform is None or found >= RULER_RED_CELLS else transform(item)
+        if found >= RULER_RED_CELLS or not isinstance(im, np.ndarray):
+            per.append(None)
+            continue
+        per.append(red_cell_diameters(im))
+        found += len(per[-1])
+    return ruler_of([d for d in per if d is not None]), per
 
 
 def _measure_images(pid: str, names, blobs, settings: FeatureSettings, ruler=None):
@@ -230,10 +242,11 @@ def _measure_images(pid: str, names, blobs, settings: FeatureSettings, ruler=Non
                                         size=settings.crop_size)
             # every decodable image, as pixel_dispersion(decoded images) would take it
             pixels.add(image)
-        d = per[j]
+        d = per[j]  # None: not measured (the ruler had its red cells), NaN in the table
         rows.append({"ID": pid, "FILE": str(name), **row, RULER_COLUMNS[0]: source,
-                     RULER_COLUMNS[1]: float(np.median(d)) if len(d) else np.nan,
-                     RULER_COLUMNS[2]: float(len(d)), RULER_COLUMNS[3]: float(diameter)})
+                     RULER_COLUMNS[1]: float(np.median(d)) if d is not None and len(d) else np.nan,
+                     RULER_COLUMNS[2]: float(len(d)) if d is not None else np.nan,
+                     RULER_COLUMNS[3]: float(diameter)})
     meta = {"ID": pid, PIXEL_SCORE: pixels.value() if pixels.n else None,
             "N_PIXEL_IMAGES": pixels.n, PATIENT_RULER[0]: float(diameter),
             PATIENT_RULER[1]: source, PATIENT_RULER[2]: int(n_red)}
