@@ -140,7 +140,8 @@ def wbc_root():
     "wbc-tecom's red cells are pale ghost rings, broken and mostly cut by its 120 px crops: "
     "the ruler finds no whole red cell in any of its 300 images and falls back to the "
     "default (45.6 px), so its lymphocytes' nuclei read 0.98 red-cell diameters (44.8 px) "
-    "against 1.40 on dlmi; equal medians would need a wbc-tecom red cell of 32 px"))
+    "against 1.38 on dlmi (all 9,948 usable cells); equal medians would need a wbc-tecom "
+    "red cell of 32.5 px"))
 def test_wbc_tecom_nucleus_in_red_cells_matches_dlmi(wbc_root, real_root):
     # the expert masks' nuclei (label 255) of the 53 lymphocytes, in the ruler found on
     # wbc-tecom's images (one lab, one magnification: one ruler for the set)
