@@ -11,11 +11,15 @@ such changes, each one small, documented pure function with its formula:
 * :func:`scale_optical_density` — Beer–Lambert stain changes in linear light, with the two
   readings :func:`stain_strength` (all channels) and :func:`stain_balance` (red vs blue
   absorption: how blue the stain comes out);
-* :func:`jpeg` — JPEG re-encoding at a quality.
+* :func:`jpeg` — JPEG re-encoding at a quality;
+* :func:`rescale` — another analyser's magnification: the image resampled by a factor and
+  cropped or padded back to the analyser's crop size.
 
 :class:`ColourShift` composes them in the order they happen to a smear (stain on the slide,
 then the camera's white balance and tone curve, then storage) and :data:`SHIFT_PANEL` is a
-fixed, documented panel of mild shifts used to measure how stable features and calls are.
+fixed, documented panel of mild shifts used to measure how stable features and calls are;
+:class:`Rescale` and :data:`SCALE_PANEL` do the same for the pixel scale, and
+:data:`STABILITY_PANEL` is both, the panel the stability check runs.
 The panel is a yardstick, not a target: :func:`random_shift` draws shifts from the
 documented :data:`RANDOM_RANGES` for tests on shifts nobody tuned against.
 
@@ -36,7 +40,8 @@ from .segment import white_point
 
 __all__ = ["white_balance", "gamma", "scale_optical_density", "stain_strength",
            "stain_balance", "jpeg", "illumination", "srgb_to_linear", "linear_to_srgb",
-           "ColourShift", "SHIFT_PANEL", "RANDOM_RANGES", "random_shift"]
+           "ColourShift", "SHIFT_PANEL", "RANDOM_RANGES", "random_shift", "rescale",
+           "Rescale", "SCALE_PANEL", "STABILITY_PANEL"]
 
 _LEVELS = np.arange(256, dtype=np.float64)
 #: Linear transmittance below which optical density is capped (OD ≤ 3): a pixel this dark
@@ -316,3 +321,85 @@ def random_shift(rng: np.random.Generator | int, ranges: dict | None = None) -> 
     name = f"random-{hashlib.sha256(repr((gains, g, strength, blue, quality)).encode()).hexdigest()[:8]}"
     return ColourShift(name, gains=gains, gamma=g, stain_strength=strength, stain_blue=blue,
                        jpeg_quality=quality, description="drawn by random_shift")
+
+
+# ----------------------------------------------------------------------- pixel scale
+
+
+def rescale(image: np.ndarray, factor: float, *, size=None) -> np.ndarray:
+    """The image as an analyser with ``factor`` times the magnification would crop it.
+
+    Resampled by ``factor`` (``cv2.INTER_AREA`` when shrinking: each output pixel the mean
+    of the input area it covers; bicubic when enlarging), then centre-cropped or padded
+    back to ``size`` = (H, W) (default: the input's, the analyser's crop size). Padding is
+    the image's plasma colour (:func:`illumination`), as the smear around a crop would be.
+    A cell of radius r px has radius ``factor · r`` px afterwards.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.full((8, 8, 3), 200, np.uint8); img[2:6, 2:6] = 0
+    >>> out = rescale(img, 0.5)
+    >>> out.shape, int((out[..., 0] < 100).sum())
+    ((8, 8, 3), 4)
+    """
+    import cv2
+
+    image = _check(image)
+    if not factor > 0:
+        raise ValueError(f"factor must be positive, got {factor!r}")
+    h, w = image.shape[:2]
+    H, W = (h, w) if size is None else size
+    nh, nw = max(int(round(h * factor)), 1), max(int(round(w * factor)), 1)
+    how = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+    moved = cv2.resize(image, (nw, nh), interpolation=how) if (nh, nw) != (h, w) else image
+    out = np.empty((H, W, 3), np.uint8)
+    out[:] = np.clip(np.rint(illumination(image)), 0, 255).astype(np.uint8)
+    # centre on centre: the analyser centres the cell of interest
+    sy, sx = max((nh - H) // 2, 0), max((nw - W) // 2, 0)
+    dy, dx = max((H - nh) // 2, 0), max((W - nw) // 2, 0)
+    ch, cw = min(nh, H), min(nw, W)
+    out[dy:dy + ch, dx:dx + cw] = moved[sy:sy + ch, sx:sx + cw]
+    return out
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """Another analyser's magnification as a shift of the stability panel: :func:`rescale`
+    by ``factor``, back to the image's own size. Same interface as :class:`ColourShift`
+    (``apply``, ``params``, ``key``)."""
+
+    name: str
+    factor: float = 1.0
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if not self.factor > 0:
+            raise ValueError(f"factor must be positive, got {self.factor!r}")
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return rescale(image, self.factor)
+
+    __call__ = apply
+
+    def params(self) -> dict:
+        return {"rescale": float(self.factor)}
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Magnifications of other analysers (issue 29): ×0.8 and ×1.25 (a 20 % smaller or 25 %
+#: larger pixel scale, each the other's inverse), and ×0.75 and ×1.33 beyond them. Every
+#: length in pixels moves by the factor, every area by its square.
+SCALE_PANEL: tuple[Rescale, ...] = (
+    Rescale("scale-0.8", 0.8, description="another analyser: ×0.8 magnification, 224 px crop"),
+    Rescale("scale-1.25", 1.25, description="another analyser: ×1.25 magnification, 224 px crop"),
+    Rescale("scale-0.75", 0.75, description="another analyser: ×0.75 magnification, 224 px crop"),
+    Rescale("scale-1.33", 4 / 3, description="another analyser: ×1.33 magnification, 224 px crop"),
+)
+
+#: What the stability check runs: the colour shifts and the rescalings, through the same
+#: per-feature table, screen and out-of-fold flips.
+STABILITY_PANEL = SHIFT_PANEL + SCALE_PANEL

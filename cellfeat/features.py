@@ -102,6 +102,18 @@ heterogeneity, :math:`D` is smoothed within each region by a Gaussian of
 :data:`TEXTURE_SIGMA` = 0.8 px: JPEG re-encoding removes most variation below that
 scale. Granularity and nucleoli are read relative to the nucleus's mean :math:`D`.
 
+Scale: the red cells as a ruler
+-------------------------------
+Labs do not share a pixel size (issue 29). The feature stage resamples every image so that
+its patient's red cells are :data:`cellfeat.ruler.CANONICAL_DIAMETER` px across (45.6, dlmi's
+median) and passes that ruler :math:`D` to :func:`compute_features`: lengths are reported in
+red-cell diameters (:math:`L / D`) and areas in squared diameters (:math:`A / D^2`), each
+function's docstring says which. Every other pixel constant below (GLCM distances,
+:data:`TEXTURE_SIGMA`, granulometry and nucleolus radii, structuring elements) is then in
+pixels *at the canonical ruler*, i.e. a fixed fraction of a red cell (1 px = 1/45.6 of a red
+cell, about 0.16 µm); scale-free features (ratios, solidity, circularity, colour) are
+unchanged.
+
 Changelog of :data:`FEATURES_REVISION`: see :data:`FEATURES_CHANGELOG`.
 
 References
@@ -161,8 +173,16 @@ RED_CORRELATION_DISTANCE = 2
 #: Smoothing (share of the equivalent radius) of the cell outline for hairiness.
 HAIRINESS_SIGMA = 1 / 8
 #: Bumped whenever a formula changes, so that cached feature tables are recomputed.
-FEATURES_REVISION = 10
+FEATURES_REVISION = 11
 FEATURES_CHANGELOG = {
+    11: "Issue 29, the red cells as a ruler. Each image is resampled so that its patient's "
+       "median red-cell diameter (cellfeat.ruler) is CANONICAL_DIAMETER px before "
+       "segmentation and features: structuring elements, GLCM offsets, granulometry radii "
+       "and distance transforms act at one size in red-cell units. Lengths "
+       "(Nucleus_Shape_Perimeter, _MajorAxisLength, _MinorAxisLength, "
+       "Cell_Shape_EquivalentDiameter, Cytoplasm_Shape_RimWidthMean, _RimWidthStd) are in "
+       "red-cell diameters, areas (Nucleus_Shape_Area, Cell_Shape_Area) in squared "
+       "diameters. Same names as 10.",
     10: "Issue 22. Colour ODs read on ln(code + 8) instead of ln(code + 1) (OD_CODE_OFFSET); "
        "a plasma saturated at 255 in a channel is extrapolated along the red cells' "
        "Beer-Lambert line (find_references). Segmentation changed (cellfeat.segment): "
@@ -253,6 +273,9 @@ def area(mask: np.ndarray) -> float:
     """Area A of a region, in pixels: the number of pixels of ``mask``.
 
     Range [0, H·W].
+
+    *Units in the registry* (issue 29): squared red-cell diameters, A / D², with D the
+    image's red-cell ruler in px (:mod:`cellfeat.ruler`); the function itself counts pixels.
     """
     return float(np.count_nonzero(mask))
 
@@ -262,6 +285,9 @@ def equivalent_diameter(area_: float) -> float:
     disc with the same area. ≥ 0; a disc of radius r gives 2r.
 
     For the cell, a size that reads like a haematologist's "large lymphocyte".
+
+    *Units in the registry* (issue 29): red-cell diameters, L / D, with D the image's
+    red-cell ruler in px (:mod:`cellfeat.ruler`); the function itself works in pixels.
     """
     return float(2 * np.sqrt(area_ / np.pi))
 
@@ -273,6 +299,9 @@ def perimeter(contour: np.ndarray) -> float:
     The raw chain through boundary pixels follows the pixel staircase and overestimates a
     disc's perimeter by about 5 %; the simplified polygon gives P ≈ 2πr for a disc of
     radius r.
+
+    *Units in the registry* (issue 29): red-cell diameters, L / D, with D the image's
+    red-cell ruler in px (:mod:`cellfeat.ruler`); the function itself works in pixels.
     """
     c = contour.reshape(-1, 1, 2).astype(np.int32)
     return float(cv2.arcLength(cv2.approxPolyDP(c, 1.0, True), True))
@@ -309,6 +338,9 @@ def ellipse_axes(mu20: float, mu02: float, mu11: float, m00: float) -> tuple[flo
     With the inertia tensor eigenvalues λ1 ≥ λ2 of the pixel coordinates (central moments
     divided by the area), axes are 4√λ1 and 4√λ2 (as ``skimage.measure.regionprops``).
     For a disc of radius r both are ≈ 2r.
+
+    *Units in the registry* (issue 29): red-cell diameters, L / D, with D the image's
+    red-cell ruler in px (:mod:`cellfeat.ruler`); the function itself works in pixels.
     """
     if m00 <= 0:
         return np.nan, np.nan
@@ -348,6 +380,9 @@ def rim_width_mean(widths: np.ndarray) -> float:
     complement read on the cell contour). Concentric discs of radii r < R give R − r; 0
     where the nucleus reaches the cell outline. A thin rim (small mature or CLL
     lymphocyte) reads small, abundant cytoplasm (reactive, large granular) large.
+
+    *Units in the registry* (issue 29): red-cell diameters, L / D, with D the image's
+    red-cell ruler in px (:mod:`cellfeat.ruler`); the function itself works in pixels.
     """
     return float(np.mean(widths)) if len(widths) else np.nan
 
@@ -358,6 +393,9 @@ def rim_width_std(widths: np.ndarray) -> float:
     Standard deviation of the same boundary-to-nucleus distances as
     :func:`rim_width_mean`: 0 for a nucleus centred in a round cell, large for an
     eccentric nucleus or cytoplasm spreading between red cells on one side.
+
+    *Units in the registry* (issue 29): red-cell diameters, L / D, with D the image's
+    red-cell ruler in px (:mod:`cellfeat.ruler`); the function itself works in pixels.
     """
     return float(np.std(widths)) if len(widths) else np.nan
 
@@ -967,10 +1005,16 @@ class CellMeasurements:
     """The costly pieces of one segmented cell, computed once and shared by the features.
 
     Everything but the image references is computed on a crop around the nucleus hull and
-    the cell, so the cost does not grow with the image size.
+    the cell, so the cost does not grow with the image size. ``ruler`` is the red-cell
+    diameter in px of ``image`` (:mod:`cellfeat.ruler`): the registry divides lengths by it
+    and areas by its square (1: pixels).
     """
 
-    def __init__(self, image: np.ndarray, seg: Segmentation, margin: int = 2):
+    def __init__(self, image: np.ndarray, seg: Segmentation, margin: int = 2, *,
+                 ruler: float = 1.0):
+        if not ruler > 0:
+            raise ValueError(f"ruler must be a positive number of pixels, got {ruler!r}")
+        self.ruler = float(ruler)
         if not seg.ok:
             raise ValueError(f"cannot measure a cell whose segmentation status is {seg.status!r}")
         self._image, self._seg = image, seg
@@ -1399,15 +1443,15 @@ def _clumping(m):
 
 
 # nucleus shape
-_register("Nucleus_Shape_Area", area, lambda m: m.nucleus_area)
-_register("Nucleus_Shape_Perimeter", perimeter, lambda m: m.nucleus_perimeter)
+_register("Nucleus_Shape_Area", area, lambda m: m.nucleus_area / m.ruler ** 2)
+_register("Nucleus_Shape_Perimeter", perimeter, lambda m: m.nucleus_perimeter / m.ruler)
 _register("Nucleus_Shape_Solidity", solidity, lambda m: solidity(m.nucleus_area, m.hull_area))
 _register("Nucleus_Shape_Convexity", convexity,
           lambda m: convexity(m.nucleus_perimeter, m.hull_perimeter))
 _register("Nucleus_Shape_Circularity", circularity,
           lambda m: circularity(m.nucleus_perimeter, m.nucleus_area))
-_register("Nucleus_Shape_MajorAxisLength", ellipse_axes, lambda m: m.axes[0])
-_register("Nucleus_Shape_MinorAxisLength", ellipse_axes, lambda m: m.axes[1])
+_register("Nucleus_Shape_MajorAxisLength", ellipse_axes, lambda m: m.axes[0] / m.ruler)
+_register("Nucleus_Shape_MinorAxisLength", ellipse_axes, lambda m: m.axes[1] / m.ruler)
 _register("Nucleus_Shape_Eccentricity", eccentricity, lambda m: eccentricity(*m.axes))
 _register("Nucleus_Shape_BoundaryIrregularity", boundary_irregularity,
           lambda m: boundary_irregularity(m.contour, m.centroid))
@@ -1415,9 +1459,9 @@ _register("Nucleus_Shape_DeepestConcavity", deepest_concavity,
           lambda m: deepest_concavity(m.nucleus_concavities, m.nucleus_area))
 
 # cell and cytoplasm shape
-_register("Cell_Shape_Area", area, lambda m: m.cell_area)
+_register("Cell_Shape_Area", area, lambda m: m.cell_area / m.ruler ** 2)
 _register("Cell_Shape_EquivalentDiameter", equivalent_diameter,
-          lambda m: equivalent_diameter(m.cell_area))
+          lambda m: equivalent_diameter(m.cell_area) / m.ruler)
 _register("Cell_Shape_NucleusAreaRatio", area_ratio,
           lambda m: area_ratio(m.nucleus_area, m.cell_area))
 _register("Cell_Shape_Solidity", solidity,
@@ -1432,8 +1476,10 @@ _register("Cell_Shape_RedCellIndentation", red_cell_indentation,
           lambda m: red_cell_indentation(m.red_in_deficiency, area(m.cell_hull[1])))
 _register("Cell_Shape_Hairiness", hairiness,
           lambda m: hairiness(m.cell_contour, m.cell_contour_smoothed, m.cell_area))
-_register("Cytoplasm_Shape_RimWidthMean", rim_width_mean, lambda m: rim_width_mean(m.rim_widths))
-_register("Cytoplasm_Shape_RimWidthStd", rim_width_std, lambda m: rim_width_std(m.rim_widths))
+_register("Cytoplasm_Shape_RimWidthMean", rim_width_mean,
+          lambda m: rim_width_mean(m.rim_widths) / m.ruler)
+_register("Cytoplasm_Shape_RimWidthStd", rim_width_std,
+          lambda m: rim_width_std(m.rim_widths) / m.ruler)
 
 # colour, relative to the same image's plasma and red cells
 for _obj, _region in (("Nucleus", "nucleus"), ("Cytoplasm", "cytoplasm")):
@@ -1483,7 +1529,8 @@ FEATURE_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
 def compute_features(image: np.ndarray, seg: Segmentation,
-                     names: tuple[str, ...] | None = None) -> dict[str, float]:
+                     names: tuple[str, ...] | None = None, *,
+                     ruler: float = 1.0) -> dict[str, float]:
     """Compute features of one segmented cell.
 
     Parameters
@@ -1493,6 +1540,10 @@ def compute_features(image: np.ndarray, seg: Segmentation,
         Must have status ``"ok"``.
     names : tuple of str, optional
         Registry names to compute (default: all, :data:`FEATURE_NAMES`).
+    ruler : float
+        The red-cell diameter in px of ``image`` (:mod:`cellfeat.ruler`): lengths are
+        reported in red-cell diameters and areas in squared diameters. 1 (the default)
+        reports pixels.
 
     Returns
     -------
@@ -1501,6 +1552,6 @@ def compute_features(image: np.ndarray, seg: Segmentation,
         convex nucleus, no cytoplasm found, or no red cells in the image for the
         ``_RelRBC`` features): the function's docstring says when.
     """
-    m = CellMeasurements(image, seg)
+    m = CellMeasurements(image, seg, ruler=ruler)
     names = FEATURE_NAMES if names is None else names
     return {n: float(REGISTRY[n].compute(m)) for n in names}

@@ -25,8 +25,12 @@ MIN_SIDE, MAX_SIDE = 32, MAX_IMAGE_SIDE
 
 
 def measure_image(image: np.ndarray, *, method: str = "otsu", channel: str = "stain",
-                  names: tuple[str, ...] = FEATURE_NAMES):
+                  names: tuple[str, ...] = FEATURE_NAMES, ruler: float = 1.0):
     """Segment one image and compute its features.
+
+    ``ruler`` is the image's red-cell diameter in px (:mod:`cellfeat.ruler`; the feature
+    stage passes images resampled to :data:`cellfeat.ruler.CANONICAL_DIAMETER`): lengths
+    come out in red-cell diameters, areas in squared diameters; 1 gives pixels.
 
     Returns
     -------
@@ -41,7 +45,7 @@ def measure_image(image: np.ndarray, *, method: str = "otsu", channel: str = "st
     seg = segment_nucleus(image, method, channel=channel, min_size=MIN_SIDE)
     if not seg.ok:
         return failed_row(seg.status, names, STATUSES.get(seg.status, "")), seg
-    feats = compute_features(image, seg, names)
+    feats = compute_features(image, seg, names, ruler=ruler)
     return {QC_COLUMN: "ok", DETAIL_COLUMN: nan_reason(feats), **feats}, seg
 
 

@@ -369,3 +369,32 @@ def test_reference_relative_colour_on_dev_images(reference_drift, shift):
     assert len(z) == 8 and z.notna().all()
     assert z.max() <= TOLERANCE, (
         f"{z.idxmax()} moves {z.max():.3f} cell SDs under {shift}:\n{z.round(3)}")
+
+
+# ------------------------------------------------------------------ rescaling (issue 29)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_rescale_scales_a_disc(factor):
+    import cv2
+
+    from cellfeat.augment import rescale
+
+    # a disc of radius 40 at the centre of a 224 px crop: radius 40 f afterwards, area
+    # pi (40 f)^2 (paper value; the anti-aliased edge within 3 %), same crop size, and the
+    # plasma around it
+    img = np.full((224, 224, 3), (238, 222, 205), np.uint8)
+    cv2.circle(img, (112, 112), 40, (85, 45, 125), -1)
+    out = rescale(img, factor)
+    assert out.shape == img.shape
+    dark = np.count_nonzero(out[..., 1] < 130)
+    assert dark == pytest.approx(np.pi * (40 * factor) ** 2, rel=0.03)
+    assert out[0, 0].tolist() == [238, 222, 205]
+
+
+def test_stability_panel_is_colour_then_scale():
+    from cellfeat.augment import SCALE_PANEL, SHIFT_PANEL, STABILITY_PANEL
+
+    assert STABILITY_PANEL == SHIFT_PANEL + SCALE_PANEL
+    assert {s.factor for s in SCALE_PANEL} >= {0.8, 1.25}
+    assert len({s.key for s in STABILITY_PANEL}) == len(STABILITY_PANEL)

@@ -7,7 +7,7 @@ from pipelines.bench.speed import bench_breakdown, bench_segmentation
 def test_breakdown_reports_every_step(synthetic_root):
     out = bench_breakdown(load_cohort(synthetic_root), repeats=1, every=5)
     assert out["images"] > 10
-    for step in ("read_decode", "segmentation", "features", "crop"):
+    for step in ("read_decode", "ruler", "segmentation", "features", "crop"):
         assert 0 < out[step] < 1000  # ms per image
 
 

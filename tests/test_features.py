@@ -638,3 +638,32 @@ if __name__ == "__main__":
         print(f"wrote {BASELINE} (revision {F.FEATURES_REVISION})")
     else:
         sys.exit("usage: python tests/test_features.py --regenerate-baseline")
+
+
+def test_sizes_in_red_cell_units():
+    # issue 29: a disc of radius r px in an image whose ruler is D px has area pi r^2 / D^2,
+    # perimeter 2 pi r / D and axes 2r / D; concentric discs r < R: equivalent diameter
+    # 2R / D, rim width (R - r) / D. Scale-free features do not move. Paper values with
+    # r = 30, R = 38, D = 60.
+    img = np.full((224, 224, 3), (238, 222, 205), np.uint8)
+    cv2.circle(img, (112, 112), 38, (182, 175, 215), -1)
+    cv2.circle(img, (112, 112), 30, (85, 45, 125), -1)
+    seg = segment_nucleus(img)
+    px, rbc = compute_features(img, seg), compute_features(img, seg, ruler=60.0)
+    assert rbc["Nucleus_Shape_Area"] == pytest.approx(np.pi * 900 / 3600, rel=0.03)
+    assert rbc["Nucleus_Shape_Perimeter"] == pytest.approx(2 * np.pi * 30 / 60, rel=0.06)
+    assert rbc["Nucleus_Shape_MajorAxisLength"] == pytest.approx(1.0, rel=0.03)
+    assert rbc["Nucleus_Shape_MinorAxisLength"] == pytest.approx(1.0, rel=0.03)
+    # concentric discs r = 20 < R = 30 drawn as masks (test_concentric_discs_shape)
+    img2, nucleus, cell = flat_cell(r=20, R=30)
+    f = compute_features(img2, make_seg(nucleus, cell), ruler=60.0)
+    assert f["Cell_Shape_EquivalentDiameter"] == pytest.approx(60 / 60, rel=0.01)
+    assert f["Cell_Shape_Area"] == pytest.approx(np.pi * 900 / 3600, rel=0.02)
+    assert f["Cytoplasm_Shape_RimWidthMean"] == pytest.approx(10 / 60, abs=0.7 / 60)
+    for name in ("Nucleus_Shape_Area", "Cell_Shape_Area"):
+        assert rbc[name] == pytest.approx(px[name] / 3600)
+    for name in ("Nucleus_Shape_Perimeter", "Cytoplasm_Shape_RimWidthStd"):
+        assert rbc[name] == pytest.approx(px[name] / 60)
+    for name in ("Nucleus_Shape_Solidity", "Nucleus_Shape_Circularity", "Cell_Shape_Solidity",
+                 "Cell_Shape_NucleusAreaRatio", "Nucleus_Texture_GLCM_Contrast"):
+        assert rbc[name] == px[name]

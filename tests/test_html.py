@@ -200,15 +200,16 @@ def assert_self_contained(html: str):
 
 def test_gloss_reads_registry_names():
     # expected words: assembled from the name's parts by the glossary tables in html.py
-    assert gloss("Bag_Std_Nucleus_Shape_Area") == "cell-to-cell SD of nucleus size (area)"
+    assert gloss("Bag_Std_Nucleus_Shape_Area") == \
+        "cell-to-cell SD of nucleus size (area, in squared red-cell diameters)"
     assert gloss("Bag_Q90_ROC_Colour_LAB_L_MeanRatio") == \
         "90th percentile over cells of nuclear indentations colour (LAB L) relative to the image"
     assert gloss("Clinical_LogLymphCount") == "lymphocyte count (log of 10⁹/L)"
     assert gloss("Something_Unknown") == ""
     assert gloss("Bag_Std_Cell_Shape_EquivalentDiameter") == \
-        "cell-to-cell SD of whole cell diameter"
+        "cell-to-cell SD of whole cell diameter (in red-cell diameters)"
     assert gloss("Nucleus_Texture_GLCM_Contrast_D4") == \
-        "nucleus texture contrast at a coarser scale (4 px)"
+        "nucleus texture contrast at a coarser scale (a tenth of a red cell)"
     # a registry name the glossary does not know yet still reads as words
     assert gloss("Cell_Shape_SomethingNew") == "whole cell: shape something new"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.augment import SHIFT_PANEL
+from cellfeat.augment import SHIFT_PANEL, STABILITY_PANEL
 
 from ..run.progress import show_progress
 from ..run.stability import (margin, oof_stability, shifted_features, shifted_frames,
@@ -157,7 +157,7 @@ def sample_check(est, lab, y, images, feat_dir, full: dict, *, ks=(4, 8, 16), se
     for k in ks:
         for s in seeds:
             positions = sample_positions(images, k, s)
-            sampled = sample_shifts(images, positions, feat_dir, SHIFT_PANEL, n_jobs=jobs,
+            sampled = sample_shifts(images, positions, feat_dir, STABILITY_PANEL, n_jobs=jobs,
                                     progress=progress)
             frames = {f"full:{n}": f for n, f in full.items()}
             frames.update(design_frames(lab, positions, sampled))
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
     if args.full or args.sample_check:
         t0 = time.perf_counter()
         full = shifted_frames(lab, cohort.clinical, shifted_features(
-            images, feat_dir, SHIFT_PANEL, n_jobs=args.jobs, progress=prog))
+            images, feat_dir, STABILITY_PANEL, n_jobs=args.jobs, progress=prog))
         print(f"fully shifted features: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     lab_aug = None
     if args.augment:

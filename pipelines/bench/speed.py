@@ -337,14 +337,14 @@ def large_cell_gallery(cohort, cells_path, path, *, n=24, method="otsu") -> list
 
 def bench_breakdown(cohort, repeats, every=10) -> dict:
     """Median over ``repeats`` of the ms per image of each step of a feature task, on every
-    ``every``-th image, one process, one OpenCV thread and one BLAS thread (as in a feature
-    task)."""
+    image of every ``every``-th patient (whole patients: the ruler is measured per patient),
+    one process, one OpenCV thread and one BLAS thread (as in a feature task)."""
     import cv2
     from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)
-    files = [f for fs in cohort.images.values() for f in fs][::every]
-    steps = {"read_decode": [], "segmentation": [], "features": [], "crop": []}
+    files = [f for fs in list(cohort.images.values())[::every] for f in fs]
+    steps = {"read_decode": [], "ruler": [], "segmentation": [], "features": [], "crop": []}
     with threadpool_limits(1, user_api="blas"):
         return _breakdown(files, steps, repeats)
 
@@ -353,22 +353,34 @@ def _breakdown(files, steps, repeats) -> dict:
     from cellfeat.data import decode_image
     from cellfeat.extract import nucleus_crop
     from cellfeat.features import compute_features
+    from cellfeat.ruler import to_canonical
+
+    from ..run.tasks import patient_ruler
     from cellfeat.segment import segment_nucleus
 
+    patient = [Path(f).parent.name for f in files]
     for _ in range(repeats):
         t0 = time.perf_counter()
         images = [decode_image(Path(f).read_bytes()) for f in files]
         t1 = time.perf_counter()
-        segs = [segment_nucleus(im) for im in images]
+        # the ruler (issue 29): each image's red cells, its patient's median (over the
+        # patient's images here), the image resampled to the canonical ruler
+        by = {}
+        for p, im in zip(patient, images):
+            by.setdefault(p, []).append(im)
+        rulers = {p: patient_ruler(ims)[0][0] for p, ims in by.items()}
+        canon, scale = zip(*(to_canonical(im, rulers[p]) for im, p in zip(images, patient)))
         t2 = time.perf_counter()
-        ok = [(im, s) for im, s in zip(images, segs) if s.ok]
-        for im, s in ok:
-            compute_features(im, s)
+        segs = [segment_nucleus(im) for im in canon]
         t3 = time.perf_counter()
-        for im, s in ok:
-            nucleus_crop(im, s)
+        ok = [(im, s, r) for im, s, r in zip(canon, segs, scale) if s.ok]
+        for im, s, r in ok:
+            compute_features(im, s, ruler=r)
         t4 = time.perf_counter()
-        for key, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for im, s, _ in ok:
+            nucleus_crop(im, s)
+        t5 = time.perf_counter()
+        for key, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             steps[key].append(1000 * dt / len(files))
     return {"images": len(files), **{k: float(np.median(v)) for k, v in steps.items()}}
 
@@ -525,11 +537,11 @@ def main(argv=None):
     result["breakdown_ms_per_image"] = br
     print(f"one feature task, ms per image ({br['images']} images, 1 process, 1 OpenCV and 1 "
           "BLAS thread):")
-    for k in ("read_decode", "segmentation", "features", "crop"):
+    for k in ("read_decode", "ruler", "segmentation", "features", "crop"):
         print(f"  {k:14s} {br[k]:6.3f}")
     print(f"  a {RATIO_TARGET:.1f}x-decode stage leaves {(RATIO_TARGET - 1) * br['read_decode']:.3f} "
           f"ms for all the rest; these steps take "
-          f"{br['segmentation'] + br['features'] + br['crop']:.3f}")
+          f"{br['ruler'] + br['segmentation'] + br['features'] + br['crop']:.3f}")
     seg = bench_segmentation(wbc=args.wbc)
     result["segmentation"] = seg
     print_segmentation(seg)

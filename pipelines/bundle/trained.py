@@ -712,7 +712,8 @@ def feature_settings():
         "method": _m_one_of(METHODS), "channel": _m_one_of(CHANNELS),
         "crop_window": _m_int(1, 4096), "crop_size": _m_int(1, 4096),
         "features": _m_names, "revision": _m_int(), "columns": _m_names,
-        "hash": _m_text, "version": _m_text, "cohort": _m_text})
+        "hash": _m_text, "version": _m_text, "cohort": _m_text,
+        "ruler_px": _m_number(0, math.inf, nan=True)})
 
 
 def _candidates(v, where):

@@ -13,18 +13,21 @@ _OBJECTS = {"Nucleus": "nucleus", "Cytoplasm": "cytoplasm", "Cell": "whole cell"
 _STATS = {"Mean": "mean over cells", "Std": "cell-to-cell SD", "Q10": "10th percentile over cells",
           "Q50": "median over cells", "Q90": "90th percentile over cells"}
 _MEASURES = {
-    "Area": "size (area)", "Perimeter": "outline length", "Solidity": "solidity (1 = no dents)",
+    "Area": "size (area, in squared red-cell diameters)",
+    "Perimeter": "outline length (in red-cell diameters)", "Solidity": "solidity (1 = no dents)",
     "Convexity": "convexity (1 = smooth outline)", "Circularity": "outline irregularity (1 = round)",
-    "MajorAxisLength": "length", "MinorAxisLength": "width", "Eccentricity": "elongation",
+    "MajorAxisLength": "length (in red-cell diameters)",
+    "MinorAxisLength": "width (in red-cell diameters)", "Eccentricity": "elongation",
     "BoundaryIrregularity": "boundary irregularity", "NucleusAreaRatio": "nucleus share of the cell",
     "Contrast": "texture contrast",
     "Homogeneity": "texture smoothness", "Energy": "texture uniformity",
     "Entropy": "texture disorder", "Correlation": "texture regularity",
     "Granularity": "granularity (fine dark spots)",
     # features revision 8 (issue 12)
-    "EquivalentDiameter": "diameter", "NucleusOffset": "off-centre nucleus",
+    "EquivalentDiameter": "diameter (in red-cell diameters)", "NucleusOffset": "off-centre nucleus",
     "RedCellIndentation": "dents made by neighbouring red cells",
-    "RimWidthMean": "cytoplasm rim width", "RimWidthStd": "unevenness of the cytoplasm rim",
+    "RimWidthMean": "cytoplasm rim width (in red-cell diameters)",
+    "RimWidthStd": "unevenness of the cytoplasm rim (in red-cell diameters)",
     "Basophilia": "blueness (basophilia) against the red cells",
     "NucleusDensityRatio": "stain density relative to the nucleus",
     "Heterogeneity": "unevenness of the stain", "ClumpingIndex": "chromatin clumping",
@@ -65,7 +68,8 @@ _NAMED = {
 
 def gloss(name: str) -> str:
     """Plain words for a registry name (``Bag_Std_Nucleus_Shape_Area`` -> "cell-to-cell
-    spread (SD) of nucleus size (area)"); "" when the name has no known structure."""
+    spread (SD) of nucleus size (area, in squared red-cell diameters)"); "" when the name
+    has no known structure."""
     if name in _NAMED:
         return _NAMED[name]
     m = re.fullmatch(r"Bag_(Mean|Std|Q\d+)_(.+)", name)
@@ -92,7 +96,8 @@ def gloss(name: str) -> str:
     if measure:
         return f"{obj} {measure}"
     if parts[-1] == "D4" and _MEASURES.get(parts[-2]):  # the same texture, 4 px apart
-        return f"{obj} {_MEASURES[parts[-2]]} at a coarser scale (4 px)"
+        # 4 px at the canonical ruler (cellfeat.ruler): a tenth of a red cell
+        return f"{obj} {_MEASURES[parts[-2]]} at a coarser scale (a tenth of a red cell)"
     # a feature newer than this glossary: its name's words, so the reader still gets words
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", " ".join(parts[1:])).lower()
     return f"{obj}: {words}"

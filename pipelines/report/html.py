@@ -132,8 +132,15 @@ def _nested(meta: dict) -> dict | None:
     return None
 
 
-def _qc_reasons(feat_dir: Path | None, ids) -> pd.DataFrame:
-    cols = ["ID", "FILE", QC_COLUMN, "QC_DETAIL"]
+#: The ruler columns of cells.parquet the page reads (pipelines.run.tasks.RULER_COLUMNS).
+_RULER_PX, _RULER_SOURCE = "Diagnostics_RedCell_RulerPx", "Diagnostics_RedCell_RulerSource"
+#: A scored cohort whose red cells differ from training's by more than this share is told
+#: so (issue 29): another analyser's magnification.
+RULER_WARNING = 0.10
+
+
+def qc_reasons(feat_dir: Path | None, ids) -> pd.DataFrame:
+    cols = ["ID", "FILE", QC_COLUMN, "QC_DETAIL", _RULER_PX, _RULER_SOURCE]
     if feat_dir is None or not (Path(feat_dir) / "cells.parquet").is_file():
         return pd.DataFrame(columns=cols)
     import pyarrow.parquet as pq
@@ -146,6 +153,23 @@ def _qc_reasons(feat_dir: Path | None, ids) -> pd.DataFrame:
     return cells
 
 
+def ruler_summary(cells_long: pd.DataFrame, meta: dict) -> dict | None:
+    """What the page says of the red-cell ruler: each patient's (px, source), the scored
+    cohort's median, training's (``meta["feature_settings"]["ruler_px"]``), their change in
+    percent and whether it passes :data:`RULER_WARNING`; None without ruler columns."""
+    if _RULER_PX not in cells_long or not len(cells_long):
+        return None
+    per = cells_long.groupby("ID", sort=False)[[_RULER_PX, _RULER_SOURCE]].first()
+    cohort = float(per[_RULER_PX].median())
+    training = (meta.get("feature_settings") or {}).get("ruler_px")
+    change = 100 * (cohort / training - 1) if training else None
+    return {"patients": {pid: (float(r[_RULER_PX]), str(r[_RULER_SOURCE]))
+                         for pid, r in per.iterrows()},
+            "cohort": cohort, "training": training, "change": change,
+            "warn": change is not None and abs(change) > 100 * RULER_WARNING,
+            "default": int((per[_RULER_SOURCE] == "default").sum())}
+
+
 def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, models: dict,
                          meta: dict, feat_dir=None, data=None, k: int = 8) -> dict:
     """Everything the scoring page shows, as plain data (numbers, strings, data URIs)."""
@@ -154,10 +178,11 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
     nested = _nested(meta)
     zone_meta = meta.get("zone") if isinstance(meta.get("zone"), dict) else {}
     ref = (meta.get("reference") or {}).get("variables", {})
-    cells_long = _qc_reasons(feat_dir, frame.index)
+    cells_long = qc_reasons(feat_dir, frame.index)
     files_of = {pid: {p.name: p for p in cohort.images.get(pid, [])} for pid in frame.index}
     pred = pred.set_index("ID", drop=False)
     het = heterogeneity_values((meta.get("reference") or {}).get("heterogeneity"), frame)
+    ruler = ruler_summary(cells_long, meta)
     patients, summary = [], []
     for pid in frame.index:
         r = pred.loc[pid]
@@ -216,7 +241,10 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
                          "clinical_fig": distribution_figure(clin), "het_fig": het_fig,
                          "het_missing": not het_names, "contrib": contrib, "tiles": tiles,
                          "ranking_note": ranking_note, "unusable": unusable,
-                         "odd_tiles": odd_tiles})
+                         "odd_tiles": odd_tiles,
+                         "ruler_px": (ruler or {}).get("patients", {}).get(pid, (None,))[0],
+                         "ruler_source": (ruler or {}).get("patients", {}).get(pid,
+                                                                               (None, None))[1]})
     statuses = pred["STATUS"].map(status_kind).value_counts()
     qc_counts = cells_long[QC_COLUMN].map(status_kind).value_counts()
     near = int((pred["STABLE"] == "no").sum()) if "STABLE" in pred else 0
@@ -232,7 +260,7 @@ def score_report_context(*, cohort, frame: pd.DataFrame, pred: pd.DataFrame, mod
         "cellfeat_version": cellfeat.__version__,
         "qc": {"patients": len(pred), "statuses": statuses.to_dict(), "near_threshold": near,
                "images": int(len(cells_long)), "image_statuses": qc_counts.to_dict()},
-        "summary": summary, "patients": patients,
+        "summary": summary, "patients": patients, "ruler": ruler,
         "unusable_total": sum(len(p["unusable"]) for p in patients),
     }
 

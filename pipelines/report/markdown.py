@@ -518,14 +518,16 @@ def stability_lines(report_dir) -> list[str]:
     _stability_plot(res, Path(report_dir) / "stability.png")
     o = res["overall"]
     sample = res.get("sample") or {}
-    how = (f"under each colour shift of the panel (`cellfeat.augment.SHIFT_PANEL`): "
+    how = (f"under each colour shift and rescaling of the panel "
+           f"(`cellfeat.augment.STABILITY_PANEL`: another lab's colours, another analyser's "
+           f"magnification): "
            f"{sample['rule']}, are rewritten by the shift and their features recomputed, and "
            f"every other cell of the bag is moved by the patient's drift on its sample, shrunk "
            f"toward the cohort's by how much of it is sampling noise "
            f"(`cellfeat.stability.shrunk_drifts`; `python -m pipelines.bench.colour "
            f"--sample-check` compares this estimate with fully shifted bags)" if sample else
-           "after every image is rewritten by each colour shift of the panel "
-           "(`cellfeat.augment.SHIFT_PANEL`), features recomputed")
+           "after every image is rewritten by each colour shift and rescaling of the panel "
+           "(`cellfeat.augment.STABILITY_PANEL`), features recomputed")
     lines = ["## Colour stability", "",
              f"Out of fold ({res['repeats']}×{res['folds']}-fold, the CV folds), each held-out "
              f"patient of `{res.get('candidate', '?')}` is scored as it is and {how}. "

@@ -23,7 +23,8 @@ from cellfeat.pixels import PIXEL_SCORE
 
 from .cluster import dask_results, retried_keys
 from ..io import atomic_path, write_csv, write_parquet
-from .tasks import CELL_COLUMNS, FeatureSettings, process_patient, save_npy
+from .tasks import (CELL_COLUMNS, PATIENT_RULER, RULER_COLUMNS, FeatureSettings,
+                    process_patient, save_npy)
 
 __all__ = ["run_features", "FeatureSettings", "CELL_COLUMNS", "PIXEL_SCORE"]
 
@@ -64,7 +65,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
         results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
     provenance = {"Diagnostics_Version": cellfeat.__version__,
                   "Diagnostics_SettingsHash": settings.hash}
-    qc_columns, metas, writer = {"ID": [], "FILE": [], QC_COLUMN: []}, [], None
+    qc_columns, metas, writer = {"ID": [], "FILE": [], QC_COLUMN: [], RULER_COLUMNS[0]: []}, [], None
     bar = tqdm(total=n_images, unit="img", desc="features", disable=not progress)
     cells_path = out_dir / "cells.parquet"
     with atomic_path(cells_path) as tmp:
@@ -98,11 +99,14 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     qc = pd.DataFrame(qc_columns)
     write_csv(out_dir / "qc.csv", qc, index=False)
     write_csv(out_dir / "issues.csv", cohort.issues, index=False)
-    pat = pd.DataFrame(metas, columns=["ID", PIXEL_SCORE, "N_PIXEL_IMAGES"])
+    pat = pd.DataFrame(metas, columns=["ID", PIXEL_SCORE, "N_PIXEL_IMAGES", *PATIENT_RULER])
     write_parquet(out_dir / "patients.parquet", pat)
     (out_dir / "settings.json").write_text(json.dumps(
         {**settings.as_dict(), "hash": settings.hash, "version": cellfeat.__version__,
-         "cohort": str(cohort.root)}, indent=1))
+         "cohort": str(cohort.root),
+         # the cohort's red-cell ruler (median of its patients', px): what training saw
+         "ruler_px": float(pat[PATIENT_RULER[0]].median()) if len(pat) else float("nan")},
+        indent=1))
     counts = qc[QC_COLUMN].map(lambda s: s.split(":")[0]).value_counts().to_dict()
     if gallery and len(qc):
         from ..report.plots import cell_gallery
@@ -119,4 +123,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
         retried = [submitted[k] for k in retried_keys(client, list(submitted))]
     return {"patients": len(patients), "images": int(len(qc)), "by_status": counts,
             "seconds": elapsed, "images_per_s": len(qc) / elapsed if elapsed > 0 else np.nan,
-            "retried": retried}
+            "retried": retried,
+            # patients whose smear showed too few whole red cells for a ruler of its own
+            "ruler_default": [m["ID"] for m in metas if m.get(PATIENT_RULER[1]) == "default"],
+            "ruler_px": (float(pat[PATIENT_RULER[0]].median()) if len(pat) else np.nan)}

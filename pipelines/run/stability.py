@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.augment import SHIFT_PANEL, ColourShift
+from cellfeat.augment import SHIFT_PANEL, STABILITY_PANEL, ColourShift
 
 from ..report.markdown import STABILITY_JSON
 
@@ -94,6 +94,12 @@ def _decoded(blob):
         return blob
 
 
+def _shifted(blob, shift):
+    """The decoded image shifted, or what :func:`_decoded` gave when it is not an image."""
+    d = _decoded(blob)
+    return shift.apply(d) if isinstance(d, np.ndarray) else d
+
+
 def _shift_blob(item, shift: ColourShift):
     """Bytes of the shifted image (lossless BMP) from :func:`_decoded`'s output."""
     import cv2
@@ -107,9 +113,14 @@ def _shift_blob(item, shift: ColourShift):
 
 
 def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *,
-                    with_crops: bool = False):
+                    with_crops: bool = False, ruler_files=None):
     """One patient's cell table, patient row and (``with_crops``) nucleus crops under each
     shift: ``{name: (cells, meta, crops or None)}``.
+
+    ``ruler_files``: all the patient's images, when ``files`` is a sample of them: the
+    patient's red-cell ruler under each shift is measured on all of them (as the feature
+    stage would on the shifted smear: a sample of a few images holds too few whole red
+    cells at a larger magnification), the features on ``files`` only.
 
     Cached per (patient, shift) by content: image bytes, feature settings, shift parameters.
     """
@@ -119,6 +130,9 @@ def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *
     names = [Path(f).name for f in files]
     blobs = code.read_blobs(files)
     base = code.patient_key(pid, names, blobs, settings)
+    if ruler_files is not None:
+        every = code.read_blobs(ruler_files)
+        base = code.patient_key(base, [Path(f).name for f in ruler_files], every, settings)
     out, decoded = {}, None
     for shift in shifts:
         key = f"{base}-{shift.key}"
@@ -126,7 +140,10 @@ def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *
         if hit is None:
             decoded = decoded or [_decoded(b) for b in blobs]
             moved = [_shift_blob(d, shift) for d in decoded]
-            cells, meta, crops = code.compute_patient(pid, names, moved, settings)
+            ruler = None
+            if ruler_files is not None:  # decoded and shifted only as far as it measures
+                ruler = code.patient_ruler(every, lambda b, shift=shift: _shifted(b, shift))[0]
+            cells, meta, crops = code.compute_patient(pid, names, moved, settings, ruler=ruler)
             code.cache_store(cache_dir, key, cells, meta, crops)
         else:
             cells, meta, crops = hit
@@ -135,8 +152,12 @@ def shifted_patient(pid: str, files, settings, shifts, cache_dir: Path | None, *
 
 
 def shifted_features(images: dict, feat_dir, shifts=SHIFT_PANEL, *, settings=None,
-                     n_jobs: int = -1, progress: bool = False, with_crops: bool = False) -> dict:
+                     n_jobs: int = -1, progress: bool = False, with_crops: bool = False,
+                     ruler_images: dict | None = None) -> dict:
     """Cell and patient tables of the shifted images of ``images`` (ID -> files).
+
+    ``ruler_images`` (ID -> all the patient's files), when ``images`` holds samples: each
+    patient's ruler under a shift is measured on all its images (:func:`shifted_patient`).
 
     Returns ``{shift name: (cells, patients, crops)}``: the same forms as ``cells.parquet``,
     ``patients.parquet`` and ``crops/<ID>.npy`` of the feature stage (crops, ID -> array,
@@ -153,7 +174,8 @@ def shifted_features(images: dict, feat_dir, shifts=SHIFT_PANEL, *, settings=Non
     bar = tqdm(total=sum(len(f) for _, f in items) * len(shifts), unit="img",
                desc="shifted features", disable=not progress)
     tasks = (delayed(shifted_patient)(pid, files, settings, tuple(shifts), cache_dir,
-                                      with_crops=with_crops)
+                                      with_crops=with_crops,
+                                      ruler_files=(ruler_images or {}).get(pid))
              for pid, files in items)
     for pid, res in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
         for name, (cells, meta, crops) in res.items():
@@ -213,7 +235,8 @@ def sample_shifts(images: dict, positions: dict, feat_dir, shifts=SHIFT_PANEL, *
     from cellfeat.heterogeneity import PIXEL_SCORE
 
     sub = {pid: [images[pid][i] for i in pos] for pid, pos in positions.items()}
-    res = shifted_features(sub, feat_dir, shifts, n_jobs=n_jobs, progress=progress)
+    res = shifted_features(sub, feat_dir, shifts, n_jobs=n_jobs, progress=progress,
+                           ruler_images={pid: images[pid] for pid in sub})
     out = {"asis": {pid: _pixel_score(files) for pid, files in sub.items()}}
     for name, (cells, patients, _) in res.items():
         pix = (patients.set_index("ID")[PIXEL_SCORE] if len(patients)
@@ -475,7 +498,7 @@ def screen(frame: pd.DataFrame, drifts: dict, bar: float | None = None):
 
 
 def colour_sample(cohort, feat_dir, frame: pd.DataFrame, *, k=SAMPLE_K, seed=SAMPLE_SEED,
-                  shifts=SHIFT_PANEL, n_jobs=-1, progress=False) -> dict:
+                  shifts=STABILITY_PANEL, n_jobs=-1, progress=False) -> dict:
     """The label-free half of the check, run before the models are fitted: the sampled
     shifts of every patient of ``frame``, the transferred frames, the drifts, the stability
     table and the features that pass."""

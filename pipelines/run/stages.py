@@ -89,6 +89,15 @@ def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = 
     by = ", ".join(f"{k} {v}" for k, v in sorted(res["by_status"].items()))
     _log(f"features: {res['images']} images of {res['patients']} patients in "
          f"{res['seconds']:.1f} s ({res['images_per_s']:.0f} img/s): {by}")
+    from cellfeat.ruler import CANONICAL_DIAMETER, MIN_RED_CELLS
+
+    _log(f"  red-cell ruler: median {res['ruler_px']:.1f} px per patient; sizes converted to "
+         f"red-cell diameters (images resampled to {CANONICAL_DIAMETER:g} px per red cell)")
+    if res["ruler_default"]:
+        _log(f"  {len(res['ruler_default'])} patient(s) with under {MIN_RED_CELLS} whole red "
+             f"cells (a packed smear hides them): sizes at the default ruler "
+             f"({CANONICAL_DIAMETER:g} px, dlmi's), not their own: "
+             f"{', '.join(map(str, res['ruler_default'][:10]))}")
     if res["retried"]:
         _log(f"  re-run after a worker was lost or a task failed: {', '.join(res['retried'])}")
     _log(f"  wrote {out}/cells.parquet, qc.csv, issues.csv" + (", gallery.png" if gallery else ""))
@@ -579,6 +588,13 @@ def stage_score(args):
             if near else ""))
     _log(f"  wrote {out}, {out.stem}_submission.csv and {mont_dir}/<ID>.png")
 
+    from ..report.html import qc_reasons, ruler_summary
+
+    ruler = ruler_summary(qc_reasons(feat_dir, frame.index), meta)
+    if ruler and ruler["warn"]:
+        _log(f"  warning: the red cells of this cohort measure {ruler['cohort']:.1f} px across "
+             f"against {ruler['training']:.1f} px in training ({ruler['change']:+.0f} %): "
+             f"another magnification; sizes were converted to red-cell diameters")
     html = write_score_report(out.with_name(out.stem + "_report.html"), cohort=cohort, frame=frame,
                               pred=pred, models=models, meta=meta, feat_dir=feat_dir, data=args.data)
     _log(f"  report for people: {html}")

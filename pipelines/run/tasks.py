@@ -24,14 +24,26 @@ from cellfeat.data import ImageReadError, decode_image
 from cellfeat.features import FEATURE_NAMES, FEATURES_REVISION
 from cellfeat.measure import DETAIL_COLUMN, QC_COLUMN, failed_row, measure_image, nucleus_crop
 from cellfeat.pixels import PIXEL_SCORE, PixelSums
+from cellfeat.ruler import RULER_RED_CELLS, red_cell_diameters, ruler_of, to_canonical
 
 from ..io import atomic_path, settings_hash
 
-__all__ = ["FeatureSettings", "CELL_COLUMNS", "read_blobs", "patient_key",
+__all__ = ["FeatureSettings", "CELL_COLUMNS", "RULER_COLUMNS", "PATIENT_RULER", "decode_all",
+           "patient_ruler", "read_blobs", "patient_key",
            "save_npy", "cache_load", "cache_store", "compute_patient", "compute_table",
            "read_patient", "process_patient"]
 
-CELL_COLUMNS = ["ID", "FILE", QC_COLUMN, DETAIL_COLUMN, *FEATURE_NAMES]
+#: The red-cell ruler of each image (issue 29, :mod:`cellfeat.ruler`): the source of its
+#: patient's ruler (text), then the image's own median red-cell diameter (px, NaN without
+#: a measurable red cell), how many red cells it measured (NaN: not measured, the
+#: patient's ruler already had :data:`cellfeat.ruler.RULER_RED_CELLS`), and the patient
+#: ruler used (px).
+RULER_COLUMNS = ["Diagnostics_RedCell_RulerSource", "Diagnostics_RedCell_DiameterPx",
+                 "Diagnostics_RedCell_Count", "Diagnostics_RedCell_RulerPx"]
+#: Per patient (``patients.parquet``): the ruler (px), its source and its red cells.
+PATIENT_RULER = ("RULER_PX", "RULER_SOURCE", "RULER_RED_CELLS")
+CELL_COLUMNS = ["ID", "FILE", QC_COLUMN, DETAIL_COLUMN, RULER_COLUMNS[0], *FEATURE_NAMES,
+                *RULER_COLUMNS[1:]]
 
 
 @dataclass(frozen=True)
@@ -119,12 +131,14 @@ def cache_store(cache_dir: Path | None, key: str, cells, meta: dict,
 
 
 
-def compute_patient(pid: str, names, blobs, settings: FeatureSettings):
+def compute_patient(pid: str, names, blobs, settings: FeatureSettings, *, ruler=None):
     """Features of one patient's images from their bytes (no file access: a task that can
-    run anywhere): ``(cells, meta, crops)``, cells a DataFrame of :data:`CELL_COLUMNS`."""
+    run anywhere): ``(cells, meta, crops)``, cells a DataFrame of :data:`CELL_COLUMNS`.
+    ``ruler``: the patient's ``(diameter px, source, red cells)`` when measured elsewhere
+    (on more of its images than ``blobs``); by default measured on ``blobs``."""
     import pandas as pd
 
-    rows, meta, crops = _measure_patient(pid, names, blobs, settings)
+    rows, meta, crops = _measure_patient(pid, names, blobs, settings, ruler)
     return pd.DataFrame(rows, columns=CELL_COLUMNS), meta, crops
 
 
@@ -133,7 +147,7 @@ def compute_table(pid: str, names, blobs, settings: FeatureSettings):
     and values as the DataFrame's Parquet file), without importing pandas."""
     import pyarrow as pa
 
-    rows, meta, crops = _measure_patient(pid, names, blobs, settings)
+    rows, meta, crops = _measure_patient(pid, names, blobs, settings, None)
     # built from buffers: pyarrow.array() imports pandas to inspect its input
     columns = {}
     for c in CELL_COLUMNS:
@@ -152,10 +166,10 @@ def compute_table(pid: str, names, blobs, settings: FeatureSettings):
     return pa.table(columns), meta, crops
 
 
-_TEXT_COLUMNS = frozenset(CELL_COLUMNS[:4])
+_TEXT_COLUMNS = frozenset(CELL_COLUMNS[:5])
 
 
-def _measure_patient(pid: str, names, blobs, settings: FeatureSettings):
+def _measure_patient(pid: str, names, blobs, settings: FeatureSettings, ruler):
     # (one dict per image, the patient's meta, crops): what both forms of the cells hold
     import cv2
     from threadpoolctl import threadpool_limits
@@ -168,30 +182,74 @@ def _measure_patient(pid: str, names, blobs, settings: FeatureSettings):
     # the calling process (scoring one patient) or on a Dask worker.
     cv2.setNumThreads(1)
     with threadpool_limits(1, user_api="blas"):
-        return _measure_images(pid, names, blobs, settings)
+        return _measure_images(pid, names, blobs, settings, ruler)
 
 
-def _measure_images(pid: str, names, blobs, settings: FeatureSettings):
+def decode_all(blobs) -> list:
+    """Each blob decoded (RGB uint8), or the reason it was not: the OSError that reading it
+    raised, or the :class:`~cellfeat.data.ImageReadError` of decoding."""
+    out = []
+    for b in blobs:
+        if isinstance(b, Exception):
+            out.append(b)
+            continue
+        try:
+            out.append(decode_image(b))
+        except ImageReadError as exc:
+            out.append(exc)
+    return out
+
+
+def patient_ruler(images, transform=None) -> tuple:
+    """``(ruler, per image)``: the patient's ``(diameter px, source, red cells)``
+    (:func:`cellfeat.ruler.ruler_of`) and each image's red-cell diameters.
+
+    Images are measured in their order until :data:`cellfeat.ruler.RULER_RED_CELLS` red
+    cells are found (one smear, one magnification: more cells only add cost); an image left
+    unmeasured, or not decoded, has None. ``transform`` (item -> image or not) is applied
+    to the items measured only (a shift of the stability check)."""
+    per, found = [], 0
+    for item in images:
+        im = item if transform is None or found >= RULER_RED_CELLS else transform(item)
+        if found >= RULER_RED_CELLS or not isinstance(im, np.ndarray):
+            per.append(None)
+            continue
+        per.append(red_cell_diameters(im))
+        found += len(per[-1])
+    return ruler_of([d for d in per if d is not None]), per
+
+
+def _measure_images(pid: str, names, blobs, settings: FeatureSettings, ruler=None):
+    # One smear, one magnification: every image of the patient is decoded once and held
+    # (a few MB) while the red cells of all of them give the patient's ruler; then each is
+    # resampled to the canonical ruler and segmented (issue 29).
     rows, pixels = [], PixelSums()
     crops = np.zeros((len(names), settings.crop_size, settings.crop_size, 3), np.uint8)
-    for j, (name, b) in enumerate(zip(names, blobs)):
-        if isinstance(b, Exception):
-            row = failed_row(f"unreadable: {b}", FEATURE_NAMES)
+    images = decode_all(blobs)
+    own, per = patient_ruler(images)
+    diameter, source, n_red = own if ruler is None else ruler
+    for j, (name, image) in enumerate(zip(names, images)):
+        if isinstance(image, OSError):
+            row = failed_row(f"unreadable: {image}", FEATURE_NAMES)
+        elif isinstance(image, Exception):
+            row = failed_row(str(image), FEATURE_NAMES)
         else:
-            try:
-                image = decode_image(b)
-            except ImageReadError as exc:
-                row = failed_row(str(exc), FEATURE_NAMES)
-            else:
-                row, seg = measure_image(image, method=settings.method, channel=settings.channel)
-                if row[QC_COLUMN] == "ok":
-                    crops[j] = nucleus_crop(image, seg, window=settings.crop_window,
-                                            size=settings.crop_size)
-                # every decodable image, as pixel_dispersion(decoded images) would take it
-                pixels.add(image)
-        rows.append({"ID": pid, "FILE": str(name), **row})
+            canon, ruler_px = to_canonical(image, diameter)
+            row, seg = measure_image(canon, method=settings.method, channel=settings.channel,
+                                     ruler=ruler_px)
+            if row[QC_COLUMN] == "ok":
+                crops[j] = nucleus_crop(canon, seg, window=settings.crop_window,
+                                        size=settings.crop_size)
+            # every decodable image, as pixel_dispersion(decoded images) would take it
+            pixels.add(image)
+        d = per[j]  # None: not measured (the ruler had its red cells), NaN in the table
+        rows.append({"ID": pid, "FILE": str(name), **row, RULER_COLUMNS[0]: source,
+                     RULER_COLUMNS[1]: float(np.median(d)) if d is not None and len(d) else np.nan,
+                     RULER_COLUMNS[2]: float(len(d)) if d is not None else np.nan,
+                     RULER_COLUMNS[3]: float(diameter)})
     meta = {"ID": pid, PIXEL_SCORE: pixels.value() if pixels.n else None,
-            "N_PIXEL_IMAGES": pixels.n}
+            "N_PIXEL_IMAGES": pixels.n, PATIENT_RULER[0]: float(diameter),
+            PATIENT_RULER[1]: source, PATIENT_RULER[2]: int(n_red)}
     return rows, meta, crops
 
 
