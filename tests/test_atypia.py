@@ -22,6 +22,7 @@ import pytest
 from cellfeat.atypia import PARTS, Atypicality, conformal_bar, robust_scale
 from cellfeat.data import load_cohort
 from cellfeat.models import make_pipeline
+from cellfeat.ruler import CANONICAL_DIAMETER
 from cellfeat.synthetic import ATYPICAL_KINDS, atypical_cell
 from cellfeat.zone import zone_limit
 from pipelines.run.features import run_features
@@ -240,7 +241,8 @@ def wbc_non_lymphocytes(dlmi_fit):
     lym = labels.loc[labels["CELL_TYPE"] == "lymphocyte", "IMAGE"]
     cells = pd.concat(list(lab["CELLS"]), ignore_index=True)
     area = cells.loc[cells["QC_STATUS"] == "ok", "Nucleus_Shape_Area"].median()
-    dlmi = 2 * np.sqrt(area / np.pi)  # the equivalent diameter of the median area
+    # areas are in squared red-cell diameters: in dlmi's pixels at the canonical ruler
+    dlmi = 2 * np.sqrt(area / np.pi) * CANONICAL_DIAMETER
     scale = dlmi / np.median([nucleus_diameter(n) for n in lym])
     odd = labels.loc[labels["CELL_TYPE"] != "lymphocyte", "IMAGE"]
     return [_on_dlmi_scale(cv2.imread(str(root / "images" / f"{n}.png"))[:, :, ::-1], scale)
