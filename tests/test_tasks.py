@@ -26,8 +26,11 @@ def test_patient_pixel_dispersion_is_the_library_function(synthetic_root):
     decoded = [decode_image(b) for b in blobs if isinstance(b, bytes) and b != b"not an image"]
     same = [im for im in decoded if im.shape == first.shape]
     assert len(decoded) == 6 and len(same) == 5
-    # the CLI's value is the Python API's on the decodable images in file order, to the bit
-    assert meta[PIXEL_SCORE] == pixel_dispersion(decoded)
+    # the CLI's value is the Python API's on the decodable images in file order: to the bit
+    # with one BLAS thread, within 2.9e-12 relative with two (issue 30: BLAS splits the
+    # image sums across threads by their shapes); the bound of the naive definition below
+    # is the tolerance of a value computed another way
+    assert meta[PIXEL_SCORE] == pytest.approx(pixel_dispersion(decoded), rel=1e-10, abs=0)
     assert meta["N_PIXEL_IMAGES"] == 5
     # and both are the definition on the images of the first shape (error bound: see
     # cellfeat.heterogeneity.dispersion_from_sums)
