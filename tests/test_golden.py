@@ -74,19 +74,23 @@ def test_golden_bundle_scores_the_stored_calls_and_numbers():
     expected = json.loads((GOLDEN / "expected.json").read_text())
     models, meta, frame = _load()
     assert meta["chosen"] == expected["chosen"]
-    pred = score_frame(models, frame)
+    pred = score_frame(models, frame, zone_limit=meta["zone"]["limit"])  # as score does
     # what a person reads is compared exactly
     assert pred["ID"].tolist() == expected["ids"]
     assert pred["MODEL"].tolist() == expected["model"]
     assert pred["STATUS"].tolist() == expected["status"]
+    assert pred["ZONE"].tolist() == expected["zone"]
+    assert pred["ATYPICAL"].tolist() == expected["atypical"]
     # every route is exercised: main, image only (no age), clinical only (no images)
     assert {"main", "image", "clinical"} <= set(expected["model"])
     proba, threshold = _numbers(expected["proba"]), _numbers(expected["threshold"])
     # the calls the stored numbers make, by the rule of cellfeat.decision.call
     triage = [models[m].triage_threshold_ for m in expected["model"]]
     assert pred["LABEL"].tolist() == [int(call(p, t)[()]) for p, t in zip(proba, threshold)]
-    assert pred["TRIAGE"].tolist() == ["cytometry" if call(p, t)[()] else "none"
-                                       for p, t in zip(proba, triage)]
+    # ... and the rails of issue 28: above the zone, or atypical, a patient is sent
+    sent = [call(p, t)[()] or z == "count" or a == "yes"
+            for p, t, z, a in zip(proba, triage, expected["zone"], expected["atypical"])]
+    assert pred["TRIAGE"].tolist() == ["cytometry" if s else "none" for s in sent]
     # ... and no machine within TOL can make others: every stored PROBA is farther than TOL
     # from the edge where its printed value (DECIMALS) changes
     edges = (np.floor(proba * 10**DECIMALS + 0.5) - 0.5) / 10**DECIMALS

@@ -12,7 +12,12 @@ the overlap zone in the meta, meta keys checked against what train writes). Rege
 only when a change is *meant* to change predictions or the bundle, and say so in the
 commit:
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py             # a new bundle and everything
+    python tests/golden/make_golden.py --rescore   # the stored bundle scored again
+
+Made again for issues 28 and 29 (the atypicality model and clipped linear candidates in
+the bundle, features at revision 11); the expected calls are made as ``score`` makes them,
+with the bundle's zone limit (the rails of issue 28).
 """
 
 from __future__ import annotations
@@ -29,14 +34,40 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 
 
-def _score(models, clinical, cells, patients):
+def _score(models, meta, clinical, cells, patients):
+    """What ``cellfeat score`` makes of the inputs: the bundle's zone limit passed as score
+    passes it, so the rails of issue 28 (the count's floor, triage above the zone, the
+    atypicality flag) are part of what is fixed."""
     from cellfeat.models import cohort_frame
 
     from pipelines.run.stages import score_frame
     frame = cohort_frame(clinical, cells, patients)
-    pred = score_frame(models, frame)
+    pred = score_frame(models, frame, zone_limit=(meta.get("zone") or {}).get("limit"))
     scores = models["explainer"].cell_scores(frame)
     return pred, scores
+
+
+def _expected(meta, pred, scores) -> dict:
+    return {"made_on": meta.get("versions", {}), "chosen": meta["chosen"],
+            "ids": pred["ID"].tolist(), "model": pred["MODEL"].tolist(),
+            "status": pred["STATUS"].tolist(), "zone": pred["ZONE"].tolist(),
+            "atypical": pred["ATYPICAL"].tolist(), "proba": _hex(pred["PROBA"]),
+            "threshold": _hex(pred["THRESHOLD"]), "cell_scores": [_hex(s) for s in scores]}
+
+
+def rescore() -> int:
+    """Score the stored bundle and inputs again and rewrite ``expected.json`` only (for a
+    change in how a bundle's calls are made, with the bundle itself unchanged)."""
+    from pipelines.bundle import load_bundle
+
+    models, meta = load_bundle(HERE / "bundle.skops")
+    clinical = pd.read_csv(HERE / "clinical.csv", index_col="ID", dtype={"GENDER": "string"})
+    pred, scores = _score(models, meta, clinical, pd.read_parquet(HERE / "cells.parquet"),
+                          pd.read_parquet(HERE / "patients.parquet"))
+    (HERE / "expected.json").write_text(json.dumps(_expected(meta, pred, scores), indent=1)
+                                        + "\n")
+    print(f"expected.json rewritten from the stored bundle and inputs in {HERE}")
+    return 0
 
 
 def _hex(values) -> list:
@@ -71,19 +102,13 @@ def main() -> int:
         clinical.loc[ids[1], "GENDER"] = pd.NA
         cells = cells_all[cells_all["ID"].isin(ids[:-1])].reset_index(drop=True)
         patients = patients[patients["ID"].isin(ids[:-1])].reset_index(drop=True)
-        pred, scores = _score(models, clinical, cells, patients)
+        pred, scores = _score(models, meta, clinical, cells, patients)
         HERE.mkdir(exist_ok=True)
         shutil.copy(tmp / "model.skops", HERE / "bundle.skops")
         clinical.to_csv(HERE / "clinical.csv")
         cells.to_parquet(HERE / "cells.parquet", index=False)
         patients.to_parquet(HERE / "patients.parquet", index=False)
-        expected = {
-            "made_on": meta.get("versions", {}), "chosen": meta["chosen"],
-            "ids": pred["ID"].tolist(), "model": pred["MODEL"].tolist(),
-            "status": pred["STATUS"].tolist(), "proba": _hex(pred["PROBA"]),
-            "threshold": _hex(pred["THRESHOLD"]),
-            "cell_scores": [_hex(s) for s in scores],
-        }
+        expected = _expected(meta, pred, scores)
         (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"golden fixture written to {HERE} (chosen model: {expected['chosen']}; routes: "
           f"{sorted(set(expected['model']))})")
@@ -92,4 +117,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
-    sys.exit(main())
+    sys.exit(rescore() if sys.argv[1:] == ["--rescore"] else main())
