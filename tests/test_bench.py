@@ -1,7 +1,7 @@
 """pipelines.bench.speed: the measuring helpers run and return sane figures on synthetic data."""
 
 from cellfeat.data import load_cohort
-from pipelines.bench.speed import bench_breakdown, bench_segmentation
+from pipelines.bench.speed import bench_breakdown, bench_command, bench_segmentation
 
 
 def test_breakdown_reports_every_step(synthetic_root):
@@ -9,6 +9,15 @@ def test_breakdown_reports_every_step(synthetic_root):
     assert out["images"] > 10
     for step in ("read_decode", "ruler", "segmentation", "features", "crop"):
         assert 0 < out[step] < 1000  # ms per image
+
+
+def test_features_command_time_adds_up(synthetic_root):
+    """Issue 30: the whole command's wall time splits into start-up and scan, the per-image
+    loop its own line gives, and the rest; each part is there and positive."""
+    out = bench_command(synthetic_root, 1)
+    assert out["wall_s"] > 0 and out["cpu_s"] > 0
+    assert 0 < out["to_cohort_line_s"] < out["wall_s"] and 0 < out["loop_s"] < out["wall_s"]
+    assert out["rest_s"] == out["wall_s"] - out["to_cohort_line_s"] - out["loop_s"]
 
 
 def test_segmentation_accuracy_table(tmp_path):

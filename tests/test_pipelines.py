@@ -637,3 +637,32 @@ def test_time_split_by_hand():
                        "nested CV": 35.0, "end": 50.0})
     assert line.startswith("train took 50 s: features 10 s, loading the frames 1 s, ")
     assert "nested CV 20 s" in line and line.endswith("; 1.67x features + nested CV")
+
+
+def test_score_reads_images_while_the_bundle_loads_and_writes_nothing_it_refuses(
+        synthetic_root, tmp_path, capsys):
+    """Issue 30: one patient's images are decoded and measured while the bundle loads (the
+    --debug line says so before the bundle's verdict), and a refused bundle still stops the
+    run with nothing written: no feature folder, no cache entry, no prediction."""
+    import skops.io as sio
+
+    from pipelines.io import StageError
+
+    cohort = load_cohort(synthetic_root)
+    pid = cohort.unlabelled[0]
+    folder = tmp_path / "exports" / pid
+    folder.mkdir(parents=True)
+    for f in cohort.images[pid]:
+        shutil.copy(f, folder / f.name)
+    sio.dump({"format": 1, "pipeline": StageError("x")}, tmp_path / "evil.skops")
+    with pytest.raises(StageError, match="refused, it holds `pipelines.io.StageError`"):
+        main(["--debug", "score", str(folder), "--age", "72", "--count", "5.3", "--model",
+              str(tmp_path / "evil.skops"), "--features", str(tmp_path / "feat"), "--out",
+              str(tmp_path / "out" / "p.csv")])
+    err = capsys.readouterr().err
+    assert f"debug: reading {pid}'s {len(cohort.images[pid])} images while the model loads" in err
+    assert not (tmp_path / "feat").exists() and not (tmp_path / "out").exists()
+    assert main(["score", str(folder), "--age", "72", "--count", "5.3", "--model",
+                 str(tmp_path / "evil.skops"), "--features", str(tmp_path / "feat"), "--out",
+                 str(tmp_path / "out" / "p.csv")]) == 1
+    assert not (tmp_path / "feat").exists() and not (tmp_path / "out").exists()

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellfeat.decision import DECIMALS
 
 CONTOUR_COLOURS = {"nucleus": (0, 220, 0), "hull": (255, 230, 0), "cell": (230, 40, 40)}
 
@@ -87,6 +86,9 @@ def patient_montages(cohort, frame, explainer, pred, out_dir, *, method="otsu", 
     scores (most tumoral-looking) for a tumoral call, the lowest for a reactive call.
     """
     from cellfeat.data import ImageReadError, read_image
+    # here, not at the top: the feature stage's gallery needs no scikit-learn (which
+    # cellfeat.decision imports), a second of its serial tail
+    from cellfeat.decision import DECIMALS
     from cellfeat.segment import segment_nucleus
 
     out_dir = Path(out_dir)

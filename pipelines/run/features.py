@@ -23,7 +23,7 @@ from cellfeat.pixels import PIXEL_SCORE
 
 from .cluster import dask_results, retried_keys
 from ..io import atomic_path, write_csv, write_parquet
-from .tasks import (CELL_COLUMNS, PATIENT_RULER, RULER_COLUMNS, FeatureSettings,
+from .tasks import (CELL_COLUMNS, PATIENT_RULER, RULER_COLUMNS, FeatureSettings, cache_store,
                     process_patient, save_npy)
 
 __all__ = ["run_features", "FeatureSettings", "CELL_COLUMNS", "PIXEL_SCORE"]
@@ -31,7 +31,8 @@ __all__ = ["run_features", "FeatureSettings", "CELL_COLUMNS", "PIXEL_SCORE"]
 
 def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = FeatureSettings(),
                  n_jobs: int = -1, progress: bool = True, gallery: bool = True,
-                 client=None, dask_mode: str = "shared", cache_dir=None) -> dict:
+                 client=None, dask_mode: str = "shared", cache_dir=None,
+                 computed: dict | None = None) -> dict:
     """Run the features stage over every patient folder of ``cohort``.
 
     Writes ``cells.parquet``, ``patients.parquet``, ``qc.csv``, ``issues.csv``,
@@ -40,6 +41,10 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     ``client`` the per-patient tasks run on its cluster (see :mod:`pipelines.run.cluster`);
     otherwise on ``n_jobs`` local processes. ``cache_dir`` (default ``out_dir/cache``) holds
     the per-patient results by content, so several output folders can share one.
+    ``computed`` maps a patient ID to ``(key, (cells, meta, crops), cached, seconds)`` where
+    the caller already computed (or found cached) that patient's work in memory, in
+    ``seconds``: it is stored in the cache (unless it came from there), not computed again,
+    and its seconds count in the stage's time.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -53,7 +58,15 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
     n_images = sum(len(f) for _, f in patients)
     t0 = time.perf_counter()
     submitted: dict = {}
-    if client is not None:
+    computed, earlier = computed or {}, 0.0
+    if computed and [pid for pid, _ in patients] == list(computed):
+        results = []
+        for key, result, cached, seconds in computed.values():
+            if not cached:
+                cache_store(cache_dir, key, *result)
+            results.append(result)
+            earlier += seconds
+    elif client is not None:
         results = dask_results(client, patients, settings, cache_dir, mode=dask_mode,
                                submitted=submitted)
     else:
@@ -94,7 +107,7 @@ def run_features(cohort: Cohort, out_dir, *, settings: FeatureSettings = Feature
         else:
             writer.close()
     bar.close()
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 + earlier
 
     qc = pd.DataFrame(qc_columns)
     write_csv(out_dir / "qc.csv", qc, index=False)

@@ -63,10 +63,11 @@ def _load_patient(args) -> Cohort:
     return cohort
 
 
-def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = True) -> Path:
+def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = True,
+                  computed: dict | None = None) -> Path:
     """Run the features stage into the feature folder (or its ``sub`` folder, sharing the
     folder's per-patient cache) and return where the tables are; ``gallery``: also draw
-    gallery.png."""
+    gallery.png; ``computed``: patients already computed in memory (:func:`run_features`)."""
     base = _features_dir(args)
     out = base / sub if sub else base
     settings = FeatureSettings(method=args.method)
@@ -82,7 +83,7 @@ def feature_stage(args, cohort: Cohort, sub: str | None = None, gallery: bool = 
         res = run_features(cohort, out, settings=settings, n_jobs=args.jobs, gallery=gallery,
                            progress=show_progress(args), client=client,
                            dask_mode=getattr(args, "dask_mode", "shared"),
-                           cache_dir=base / "cache")
+                           cache_dir=base / "cache", computed=computed)
     finally:
         if client is not None:
             client.close()
@@ -509,24 +510,90 @@ def _import_skops_lean():
                 delattr(parent, name.rsplit(".", 1)[1])
 
 
+def _bundle_in_background(path):
+    """Start loading the model bundle in a thread (skops's import, the audit, the load and
+    its re-checks: :func:`pipelines.bundle.load_bundle`, most of a cold start's first
+    second); returns a function that waits for it and returns ``(models, meta)`` or raises
+    what the loader raised (a refusal among them)."""
+    import threading
+
+    box = {}
+
+    def load():
+        try:
+            _import_skops_lean()
+            from ..bundle import load_bundle
+
+            box["bundle"] = load_bundle(path, feature_names=FEATURE_NAMES)
+        except BaseException as exc:  # handed to the caller, which raises it
+            box["error"] = exc
+
+    thread = threading.Thread(target=load, name="cellfeat-bundle", daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["bundle"]
+
+    return wait
+
+
+def _one_patient_in_memory(args, one: bool) -> dict | None:
+    """While the bundle loads: when the command scores exactly one patient, that patient's
+    features computed in memory, or found in the feature cache; nothing is written (the
+    bundle has not passed its checks yet). Returns ``{pid: (key, (cells, meta, crops),
+    cached, seconds)}`` for :func:`run_features`'s ``computed``, or None (more patients, a
+    cluster, or a cohort that the load after the bundle will report on)."""
+    from cellfeat.data import load_patient
+
+    from .tasks import compute_table, read_patient
+
+    if getattr(args, "scheduler", None):
+        return None
+    try:  # the ages are computed again at the bundle's date, after it is loaded
+        date = args.reference_date or DEFAULT_REFERENCE_DATE
+        listing = (load_patient(args.data, age=args.age, lymph_count=args.count,
+                                gender=args.sex, reference_date=date) if one
+                   else load_cohort(args.data, reference_date=date))
+    except Exception:  # said in its place, after the bundle, by the load that counts
+        return None
+    ids = listing.clinical.index if args.all else listing.unlabelled
+    if len(ids) != 1 or not listing.images.get(ids[0]):
+        return None
+    pid = ids[0]
+    if getattr(args, "debug", False):
+        _log(f"debug: reading {pid}'s {len(listing.images[pid])} images while the model loads")
+    t0 = time.perf_counter()
+    settings = FeatureSettings(method=args.method)
+    cache = _features_dir(args) / "cache"
+    key, names, blobs, hit = read_patient(pid, listing.images[pid], settings,
+                                          cache if cache.is_dir() else None, table=True)
+    result = hit if hit is not None else compute_table(pid, names, blobs, settings)
+    return {pid: (key, result, hit is not None, time.perf_counter() - t0),
+            "files": listing.images[pid]}
+
+
 def stage_score(args):
-    from cellfeat.decision import DECIMALS
-
-    _import_skops_lean()
-    from ..bundle import load_bundle
-    from ..report.plots import patient_montages
-
     out = Path(args.out)
     _check_outputs(args, ("--features", _features_dir(args) / "scored", "features"),
                    ("--out", out, "predictions"),
                    ("--out", out.with_name(out.stem + "_submission.csv"), "submission"),
                    ("--out", out.with_name(out.stem + "_report.html"), "page"),
                    ("--out", out.with_name(out.stem + "_montages"), "montages"))
-    # the model first: a refused bundle stops the run before any image is read, and it
-    # says at which date the training ages were computed
-    models, meta = load_bundle(args.model, feature_names=FEATURE_NAMES)
-    trained_at = meta.get("reference_date")
+    # the model loads in a thread while one patient's images are decoded and measured in
+    # memory; a refused bundle stops the run before anything is scored or written, and the
+    # bundle says at which date the training ages were computed
+    bundle = _bundle_in_background(args.model)
     one = getattr(args, "age", None) is not None   # one patient's folder (cli checked --count)
+    early = _one_patient_in_memory(args, one)
+    models, meta = bundle()
+    from cellfeat.decision import DECIMALS
+
+    from ..report.plots import patient_montages
+
+    trained_at = meta.get("reference_date")
     if args.reference_date is None:
         args.reference_date = trained_at or DEFAULT_REFERENCE_DATE
         if not one:
@@ -551,7 +618,11 @@ def stage_score(args):
     # per-patient cache is shared, so a patient seen at training is not recomputed
     # no gallery: the montages and the page below show the scored cells, patient by patient
     # (drawing it was most of the time of scoring one patient)
-    feat_dir = feature_stage(args, cohort, sub="scored", gallery=False)
+    files = early.pop("files") if early else None
+    if early and (list(early) != list(cohort.images)
+                  or files != cohort.images[next(iter(early))]):
+        early = None  # not the patient scored after all: computed below as any other
+    feat_dir = feature_stage(args, cohort, sub="scored", gallery=False, computed=early)
     frame = load_frame(cohort, feat_dir)
     zone = meta.get("zone") or {}
     pred = score_frame(models, frame, zone_limit=zone.get("limit"),
