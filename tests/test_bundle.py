@@ -36,6 +36,7 @@ CALLABLE_LOADERS = {"FunctionNode", "MethodNode", "PartialNode", "OperatorFuncNo
 def every_candidate(synthetic_root, tmp_path_factory):
     """Every available candidate, fitted on the small synthetic cohort, in one bundle with
     the fallbacks and the explainer the train stage adds."""
+    from cellfeat.atypia import Atypicality
     from cellfeat.data import load_cohort
     from cellfeat.mil import MISVM
     from cellfeat.models import MILFeatures, available_candidates, make_pipeline
@@ -51,6 +52,7 @@ def every_candidate(synthetic_root, tmp_path_factory):
     models = {name: _one_epoch(make_pipeline(name)).fit(lab, y)
               for name in available_candidates()}
     models["explainer"] = MILFeatures(MISVM(C=0.1, random_state=0)).fit(lab, y)
+    models["atypicality"] = Atypicality().fit(lab)
     save_bundle(d / "all.skops", pipeline=models, meta={"cell_features": []})
     return d / "all.skops", models, frame
 

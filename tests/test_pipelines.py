@@ -108,7 +108,7 @@ def test_train_writes_bundle_and_report(trained):
     # the comparator, the fallbacks and the reference model always get rows of their own
     # on the same folds
     assert set(m["candidates"]) == {"clinical-logreg", "clinical+mean-ridge", "mean-ridge",
-                                    "clinical+zonemean-ridge", "nested"}
+                                    "clinical+zonemean-ridge", "nested", "nested (no rails)"}
     assert m["selection"]["candidates"] == ["clinical+mean-ridge"]
     assert m["selection"]["comparator"] == "clinical-logreg"
     assert set(m["nested_choices"]) <= set(m["selection"]["candidates"])

@@ -23,9 +23,10 @@ __all__ = ["check_outputs", "PREDICTION_HEADER", "SUBMISSION_HEADER", "GENERATOR
 
 #: The first line of the tables ``cellfeat score`` writes (see stages.score_frame).
 PREDICTION_HEADER = ("ID,LABEL,PROBA,THRESHOLD,TRIAGE,ZONE,N_CELLS,N_CELLS_USED,STATUS,MODEL,"
-                     "IN_TRAINING,PROBA_LOW,PROBA_HIGH,STABLE")
+                     "IN_TRAINING,PROBA_LOW,PROBA_HIGH,STABLE,ATYPICAL")
 #: Headers of earlier cellfeat versions, whose files a new run may still replace.
-EARLIER_PREDICTION_HEADERS = (PREDICTION_HEADER.rsplit(",PROBA_LOW", 1)[0],)
+EARLIER_PREDICTION_HEADERS = (PREDICTION_HEADER.rsplit(",PROBA_LOW", 1)[0],
+                              PREDICTION_HEADER.rsplit(",ATYPICAL", 1)[0])
 SUBMISSION_HEADER = "Id,Predicted"
 #: The generator tag of every HTML page cellfeat writes (templates/base.html.j2).
 GENERATOR = '<meta name="generator" content="cellfeat">'
