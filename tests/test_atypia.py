@@ -171,16 +171,25 @@ def test_synthetic_atypical_patients_are_sent_to_cytometry(kind, synthetic_model
 
 
 @pytest.mark.slow
-def test_synthetic_training_like_patients_are_not_flagged(synthetic_models, synthetic_root,
-                                                          tmp_path):
-    """The cohort's own unlabelled patients, drawn like the training ones: none flagged."""
+def test_synthetic_training_like_patients_lie_far_closer_than_atypical_ones(
+        synthetic_models, synthetic_root, tmp_path):
+    """The cohort's own unlabelled patients, drawn like the training ones, against a
+    cerebriform patient: the atypical one lies more than twice as far from the training
+    patients as any of them. (Whether a training-like patient is flagged is a matter of
+    chance, at most alpha = 5 % by construction with enough training patients: with the 24
+    here each bar is the largest training value, exceeded with probability 1/25 per part;
+    ``test_patients_like_the_training_ones_are_rarely_flagged`` checks the rate.)"""
     models, limit, _ = synthetic_models
     cohort = load_cohort(synthetic_root)
     run_features(cohort, tmp_path / "f", n_jobs=1, progress=False, gallery=False)
     frame = load_frame(cohort, tmp_path / "f")
-    test = frame[frame["LABEL"].isna()]
-    pred = score_frame(models, test, zone_limit=limit)
-    assert (pred["ATYPICAL"] == "no").all(), pred[["ID", "STATUS"]]
+    typical = models["atypicality"].score(frame[frame["LABEL"].isna()])
+    rng = np.random.default_rng(28)
+    images = [atypical_cell(rng, "cerebriform")[0] for _ in range(12)]
+    _, odd, _ = _score_folder(tmp_path / "odd", {"PODD": images}, {"PODD": (68, limit / 2)},
+                              models, limit)
+    far = models["atypicality"].score(odd)["DISTANCE"].iloc[0]
+    assert far > 2 * typical["DISTANCE"].max(), (far, typical["DISTANCE"].tolist())
 
 
 # --------------------------------------------------------------------------- real data
