@@ -163,8 +163,10 @@ def test_train_screens_the_inputs_by_colour_stability(trained):
     assert c["bar"] == STABILITY_BAR and c["sample"]["k"] >= 1 and c["features"]
     assert set(FEATURE_NAMES) <= set(c["features"]) | set(c["dropped"])
     assert not set(c["features"]) & set(c["dropped"])
+    # the colour shifts and the rescalings (issue 29)
     assert set(c["drift"]) == {"warm-wb", "blue-dark-stain", "cool-wb", "pale-pink-stain",
-                               "jpeg-70"}
+                               "jpeg-70", "scale-0.8", "scale-1.25", "scale-0.75",
+                               "scale-1.33"}
     # every image model of the bundle was built on exactly the screened list
     for route in ("main", "image"):
         lists = [v for k, v in models[route].get_params(deep=True).items()
@@ -541,7 +543,8 @@ def test_blank_gender_goes_through_the_whole_run(altered, trained, tmp_path):
     root, df = altered(blank)
     assert _score(root, trained, tmp_path / "p.csv") == 0
     pred = pd.read_csv(tmp_path / "p.csv").set_index("ID")
-    assert pred.loc[df.loc[0, "ID"], "STATUS"] == "ok: gender unknown, imputed"
+    # (a call near its threshold under the stability panel adds "; near the threshold ...")
+    assert pred.loc[df.loc[0, "ID"], "STATUS"].startswith("ok: gender unknown, imputed")
     html = (tmp_path / "p_report.html").read_text(encoding="utf-8")
     assert html.count("sex unknown") == 2
 
