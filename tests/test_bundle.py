@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.bundle.files import (ALLOWED_TYPES, TYPES_BY_LOADER, _nodes, audit_bundle,
@@ -114,8 +115,10 @@ def test_loaded_bundle_predicts_exactly_as_fitted(every_candidate):
     path, models, frame = every_candidate
     loaded, meta = load_bundle(path)
     assert meta == {"cell_features": []}
+    pd.testing.assert_frame_equal(loaded["atypicality"].score(frame),
+                                  models["atypicality"].score(frame))
     for name, model in models.items():
-        if name == "explainer":
+        if name in ("explainer", "atypicality"):
             continue
         np.testing.assert_array_equal(loaded[name].predict_proba(frame)[:, 1],
                                       model.predict_proba(frame)[:, 1], err_msg=name)

@@ -80,7 +80,7 @@ def test_nested_cv_on_cohort_frames(frame):
     cands = [(n, make_pipeline(n, calibrated=False)) for n in ("clinical-logreg", "meanstd-logreg")]
     res = nested_cv(cands, frame, y, folds=3, repeats=1, inner_folds=3)
     s = res.summary()
-    assert set(s.index) == {"clinical-logreg", "meanstd-logreg", "nested"}
+    assert set(s.index) == {"clinical-logreg", "meanstd-logreg", "nested", "nested (no rails)"}
     assert set(res.chosen) <= {"clinical-logreg", "meanstd-logreg"} and len(res.chosen) == 3
     chosen_rows = res.fold_scores[res.fold_scores["chosen"]]
     assert chosen_rows["candidate"].tolist() == res.chosen
