@@ -67,9 +67,8 @@ def routed_calls(models: dict, X: pd.DataFrame, *, zone_limit: float | None = No
     zone_limit : float, optional
         The overlap-zone limit learnt from the training patients (:mod:`cellfeat.zone`).
         Given, a main- or image-route patient above it gets P(tumoral) = max(its model,
-        the clinical model)
-        (when ``models`` has ``"clinical"``), and every called patient above it is sent to
-        cytometry (see the module docstring).
+        the clinical model) (when ``models`` has ``"clinical"``), and every called patient
+        above it is sent to cytometry (see the module docstring).
     atypicality : fitted :class:`~cellfeat.atypia.Atypicality`, optional
         Given, patients beyond its bar are sent to cytometry.
 
